@@ -1,0 +1,180 @@
+"""Attention backends behind one registry.
+
+Every backend computes bidirectional (non-causal) softmax attention over packed sequences with the one
+signature
+
+    fn(q, k, v, cu_seqlens, max_seqlen) -> out          q, k, v, out: [T, heads, head_dim]
+
+scaled by 1/sqrt(head_dim), with blocks never crossing sequence boundaries. Import guards for optional
+packages live here and nowhere else: a backend whose package is missing is simply unavailable.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+AttentionFn = Callable[[Tensor, Tensor, Tensor, Tensor, int], Tensor]
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    load: Callable[[], AttentionFn]  # imports lazily; raises ImportError when the package is missing
+    devices: tuple[str, ...]  # device types it runs on
+
+
+_REGISTRY: dict[str, Backend] = {}
+_LOADED: dict[str, AttentionFn] = {}
+# auto picks the first available backend on the device from this order
+AUTO_ORDER = ("triton", "flash", "xformers", "sdpa")
+
+
+def register_backend(name: str, load: Callable[[], AttentionFn], devices: tuple[str, ...]) -> None:
+    _REGISTRY[name] = Backend(name, load, devices)
+    _LOADED.pop(name, None)
+
+
+def registered_backends() -> list[str]:
+    return list(_REGISTRY)
+
+
+def _try_load(name: str) -> AttentionFn | None:
+    if name in _LOADED:
+        return _LOADED[name]
+    try:
+        fn = _REGISTRY[name].load()
+    except ImportError:
+        return None
+    _LOADED[name] = fn
+    return fn
+
+
+def is_available(name: str, device: torch.device | str) -> bool:
+    backend = _REGISTRY.get(name)
+    if backend is None or torch.device(device).type not in backend.devices:
+        return False
+    return _try_load(name) is not None
+
+
+def available_backends(device: torch.device | str) -> list[str]:
+    return [name for name in _REGISTRY if is_available(name, device)]
+
+
+def resolve_backend_name(name: str, device: torch.device | str) -> str:
+    """Turn `auto` into a concrete backend for `device`; validate explicit names."""
+    if name == "auto":
+        device_type = torch.device(device).type
+        for candidate in AUTO_ORDER:
+            # the Triton interpreter can run on the CPU, but it is a test vehicle, never a default there
+            if device_type == "cpu" and candidate != "sdpa":
+                continue
+            if is_available(candidate, device):
+                return candidate
+        return "reference"
+    if name not in _REGISTRY:
+        raise ValueError(f"attention_backend: unknown backend {name!r}; registered: {sorted(_REGISTRY)} or 'auto'")
+    if not is_available(name, device):
+        raise ValueError(f"attention_backend: {name!r} is not available on {torch.device(device).type} "
+                         f"(available there: {available_backends(device)})")
+    return name
+
+
+def get_backend(name: str, device: torch.device | str) -> AttentionFn:
+    fn = _try_load(resolve_backend_name(name, device))
+    assert fn is not None
+    return fn
+
+
+def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int,
+                     backend: str = "auto") -> Tensor:
+    return get_backend(backend, q.device)(q, k, v, cu_seqlens, max_seqlen)
+
+
+def _host_offsets(cu_seqlens: Tensor) -> list[int]:
+    return cu_seqlens.tolist()
+
+
+# ---- reference: plain PyTorch, one sequence at a time, float32 softmax ---------------------------------
+def reference_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int) -> Tensor:
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    offsets = _host_offsets(cu_seqlens)
+    outputs = []
+    for start, end in zip(offsets[:-1], offsets[1:]):
+        qs, ks, vs = (x[start:end].transpose(0, 1).float() for x in (q, k, v))  # [heads, L, d]
+        probs = torch.softmax((qs @ ks.transpose(-1, -2)) * scale, dim=-1)
+        outputs.append((probs @ vs).transpose(0, 1).to(q.dtype))
+    return torch.cat(outputs, dim=0)
+
+
+# ---- sdpa: PyTorch's fused attention, per sequence (no padding computed) --------------------------------
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int) -> Tensor:
+    offsets = _host_offsets(cu_seqlens)
+    if len(offsets) == 2:  # one sequence: no split needed
+        return F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)).transpose(0, 1)
+    out = torch.empty_like(q)
+    # Sequences of equal length share one call: length-bucketed batches make this the common case.
+    lengths = [e - s for s, e in zip(offsets[:-1], offsets[1:])]
+    by_length: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        by_length.setdefault(n, []).append(i)
+    for n, seqs in by_length.items():
+        if len(seqs) == 1:
+            s = offsets[seqs[0]]
+            o = F.scaled_dot_product_attention(q[s:s + n].transpose(0, 1), k[s:s + n].transpose(0, 1),
+                                               v[s:s + n].transpose(0, 1))
+            out[s:s + n] = o.transpose(0, 1)
+            continue
+        index = torch.cat([torch.arange(offsets[i], offsets[i] + n, device=q.device) for i in seqs])
+        qb, kb, vb = (x[index].view(len(seqs), n, *x.shape[1:]).transpose(1, 2) for x in (q, k, v))
+        o = F.scaled_dot_product_attention(qb, kb, vb)  # [S, heads, n, d]
+        out[index] = o.transpose(1, 2).reshape(len(seqs) * n, *q.shape[1:])
+    return out
+
+
+# ---- optional GPU backends (import-guarded) ---------------------------------------------------------------
+def _load_flash() -> AttentionFn:
+    from flash_attn import flash_attn_varlen_func  # noqa: PLC0415  (optional dependency)
+
+    def flash_attention(q, k, v, cu_seqlens, max_seqlen):
+        return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=False)
+
+    return flash_attention
+
+
+def _load_xformers() -> AttentionFn:
+    import xformers.ops as xops  # noqa: PLC0415  (optional dependency)
+    from xformers.ops.fmha.attn_bias import BlockDiagonalMask  # noqa: PLC0415
+
+    def xformers_attention(q, k, v, cu_seqlens, max_seqlen):
+        # device= matters: without it the mask is built on the CPU (a known mGTE bug)
+        bias = BlockDiagonalMask.from_seqlens(_lengths(cu_seqlens), device=q.device)
+        return xops.memory_efficient_attention(q[None], k[None], v[None], attn_bias=bias)[0]
+
+    return xformers_attention
+
+
+def _lengths(cu_seqlens: Tensor) -> list[int]:
+    offsets = _host_offsets(cu_seqlens)
+    return [e - s for s, e in zip(offsets[:-1], offsets[1:])]
+
+
+def _load_triton() -> AttentionFn:
+    from kernels.attention import triton_varlen_attention  # noqa: PLC0415  (needs triton)
+
+    return triton_varlen_attention
+
+
+register_backend("reference", lambda: reference_attention, devices=("cpu", "cuda"))
+register_backend("sdpa", lambda: sdpa_attention, devices=("cpu", "cuda"))
+# Under TRITON_INTERPRET=1 the Triton kernels also run (slowly) on CPU tensors: that is how CI tests them.
+register_backend("triton", _load_triton,
+                 devices=("cuda", "cpu") if os.environ.get("TRITON_INTERPRET") == "1" else ("cuda",))
+register_backend("flash", _load_flash, devices=("cuda",))
+register_backend("xformers", _load_xformers, devices=("cuda",))
