@@ -189,10 +189,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
                 section: str | None = None) -> T:
     """Load `cls` from a YAML file (optionally one `section` of it) with `key=value` overrides."""
-    data = read_yaml(path) if path else {}
+    data = deep_merge(read_yaml(path) if path else {}, parse_overrides(overrides))
     if section is not None:
+        if overrides and any(not o.lstrip("-").startswith(section + ".") for o in overrides):
+            raise ValueError(f"overrides {overrides}: only {section}.* keys apply here")
         data = data.get(section, {}) or {}
-    data = deep_merge(data, parse_overrides(overrides))
     return from_dict(cls, data, where=f"{section}." if section else "")
 
 

@@ -13,9 +13,10 @@ import torch
 from torch import Tensor, nn
 
 
-def rope_inv_freq(head_dim: int, theta: float, ntk_factor: float = 1.0) -> Tensor:
+def rope_inv_freq(head_dim: int, theta: float, ntk_factor: float = 1.0,
+                  device: torch.device | str = "cpu") -> Tensor:
     """`[head_dim / 2]` float32 inverse frequencies, computed in the same order as the reference code."""
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
     if ntk_factor == 1.0:
         return 1.0 / (theta ** exponents)
     inv_freq = 1.0 / ((theta * ntk_factor) ** exponents)
@@ -46,7 +47,7 @@ class RotaryEmbedding(nn.Module):
         self._build(torch.device("cpu"))
 
     def _build(self, device: torch.device) -> None:
-        inv_freq = rope_inv_freq(self.head_dim, self.theta, self.ntk_factor).to(device)
+        inv_freq = rope_inv_freq(self.head_dim, self.theta, self.ntk_factor, device=device)
         positions = torch.arange(self.max_positions, device=device, dtype=torch.float32)
         freqs = torch.outer(positions, inv_freq)
         table = torch.cat((freqs, freqs), dim=-1)  # [P, d]

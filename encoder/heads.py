@@ -1,0 +1,197 @@
+"""Task heads on top of the packed encoder output, and the three task models.
+
+- `MLMHead`: BERT transform + tied decoder, evaluated **only on masked positions** (never `[T, vocab]`).
+- `TRMHead`: dense = L2-normalised CLS state with Matryoshka truncation; sparse = per-token ReLU(linear)
+  weights kept as `(sequence, token id, weight)` triples, max-reduced over repeated ids, specials dropped.
+- `RerankerHead`: one logit from the CLS state (optionally through the BERT tanh pooler, as released).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .batch import IGNORE_INDEX, UnpaddedBatch
+from .config import ModelConfig
+from .model import ACTIVATIONS, Encoder
+
+
+# ---- MLM ------------------------------------------------------------------------------------------------
+class MLMHead(nn.Module):
+    def __init__(self, config: ModelConfig, word_embeddings: nn.Embedding) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACTIVATIONS["gelu"]
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder_weight = word_embeddings.weight  # tied: [V, H]
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """hidden `[M, H]` of the masked positions only -> logits `[M, V]`."""
+        return F.linear(self.norm(self.act(self.dense(hidden))), self.decoder_weight, self.bias)
+
+
+@dataclass
+class MLMOutput:
+    loss: Tensor  # mean cross-entropy over masked tokens
+    logits: Tensor  # [M, V] for the M masked positions, in packed order
+    labels: Tensor  # [M]
+    num_masked: int
+    num_correct: Tensor  # scalar tensor: argmax hits among the masked positions
+
+
+class MaskedLM(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.head = MLMHead(config, self.encoder.embeddings.word_embeddings)
+
+    def forward(self, batch: UnpaddedBatch) -> MLMOutput:
+        if batch.labels is None:
+            raise ValueError("labels: MaskedLM needs a batch with MLM labels (IGNORE_INDEX where unmasked)")
+        hidden = self.encoder(batch)  # [T, H]
+        masked = (batch.labels != IGNORE_INDEX).nonzero().squeeze(1)  # [M]
+        labels = batch.labels[masked]
+        logits = self.head(hidden[masked])  # [M, V]
+        if labels.numel() == 0:  # nothing masked: a zero loss that still touches the graph
+            loss = logits.sum() * 0.0
+        else:
+            loss = F.cross_entropy(logits.float(), labels, reduction="mean")
+        correct = (logits.argmax(dim=-1) == labels).sum()
+        return MLMOutput(loss=loss, logits=logits, labels=labels, num_masked=labels.numel(), num_correct=correct)
+
+
+# ---- TRM: dense + sparse ------------------------------------------------------------------------------------
+@dataclass
+class SparseEmbedding:
+    """Lexical weights of B sequences as max-reduced `(sequence, token id, weight)` triples."""
+
+    sequence_index: Tensor  # [N] int64
+    token_ids: Tensor  # [N] int64
+    weights: Tensor  # [N] float, > 0
+    batch_size: int
+
+    def to_dicts(self) -> list[dict[int, float]]:
+        out: list[dict[int, float]] = [{} for _ in range(self.batch_size)]
+        for seq, tok, w in zip(self.sequence_index.tolist(), self.token_ids.tolist(), self.weights.tolist()):
+            out[seq][tok] = w
+        return out
+
+    def select(self, rows: Tensor) -> SparseEmbedding:
+        """The sparse vectors of sequences `rows` (in that order)."""
+        remap = torch.full((self.batch_size,), -1, dtype=torch.long, device=self.token_ids.device)
+        remap[rows] = torch.arange(len(rows), device=rows.device)
+        new_seq = remap[self.sequence_index]
+        keep = new_seq >= 0
+        return SparseEmbedding(new_seq[keep], self.token_ids[keep], self.weights[keep], len(rows))
+
+
+def sparse_scores(queries: SparseEmbedding, docs: SparseEmbedding) -> Tensor:
+    """`[Bq, Bd]` of sum over shared token ids of w_q * w_d (differentiable).
+
+    Works over the union U of token ids present in the two sets, so memory is `[B, U]`, never `[B, vocab]`.
+    """
+    all_ids = torch.cat([queries.token_ids, docs.token_ids])
+    vocab_ids, inverse = torch.unique(all_ids, return_inverse=True)
+    q_cols, d_cols = inverse[: len(queries.token_ids)], inverse[len(queries.token_ids):]
+    dtype = torch.promote_types(queries.weights.dtype, docs.weights.dtype)
+    q_dense = queries.weights.new_zeros(queries.batch_size, len(vocab_ids), dtype=dtype)
+    q_dense = q_dense.index_put((queries.sequence_index, q_cols), queries.weights.to(dtype))
+    d_dense = docs.weights.new_zeros(docs.batch_size, len(vocab_ids), dtype=dtype)
+    d_dense = d_dense.index_put((docs.sequence_index, d_cols), docs.weights.to(dtype))
+    return q_dense @ d_dense.T
+
+
+@dataclass
+class TRMOutput:
+    dense: Tensor  # [B, D] L2-normalised CLS embedding (full width; truncate with `dense_at`)
+    sparse: SparseEmbedding
+    cls_hidden: Tensor  # [B, H] before normalisation
+
+    def dense_at(self, dim: int) -> Tensor:
+        """Matryoshka: the first `dim` dimensions, re-normalised."""
+        return F.normalize(self.cls_hidden[:, :dim].float(), dim=-1)
+
+
+class TRMHead(nn.Module):
+    def __init__(self, config: ModelConfig, special_token_ids: tuple[int, ...] = (0, 1, 2, 3)) -> None:
+        super().__init__()
+        self.sparse_linear = nn.Linear(config.hidden_size, 1)
+        self.vocab_size = config.vocab_size
+        # CLS/EOS/PAD/UNK (and MASK) carry no lexical meaning; a buffer so it follows .to(device)
+        self.register_buffer("special_token_ids", torch.tensor(sorted(set(special_token_ids)), dtype=torch.long),
+                             persistent=False)
+
+    def sparse_weights(self, hidden: Tensor, batch: UnpaddedBatch) -> SparseEmbedding:
+        token_weights = F.relu(self.sparse_linear(hidden)).squeeze(-1)  # [T]
+        keep = ~torch.isin(batch.input_ids, self.special_token_ids) & (token_weights > 0)
+        seq = batch.sequence_index[keep]
+        tok = batch.input_ids[keep]
+        w = token_weights[keep]
+        # max over repeated ids within a sequence, via one key per (sequence, token id)
+        keys = seq * self.vocab_size + tok
+        unique_keys, inverse = torch.unique(keys, return_inverse=True)
+        reduced = w.new_zeros(len(unique_keys)).scatter_reduce(0, inverse, w, reduce="amax", include_self=False)
+        first = torch.zeros(len(unique_keys), dtype=torch.long, device=w.device).scatter_(
+            0, inverse, torch.arange(len(keys), device=w.device))
+        return SparseEmbedding(seq[first], tok[first], reduced, batch.num_sequences)
+
+    def forward(self, hidden: Tensor, batch: UnpaddedBatch) -> TRMOutput:
+        cls_hidden = hidden[batch.first_token_index]  # [B, H]
+        dense = F.normalize(cls_hidden.float(), dim=-1)
+        return TRMOutput(dense=dense, sparse=self.sparse_weights(hidden, batch), cls_hidden=cls_hidden)
+
+
+def dense_scores(queries: Tensor, docs: Tensor) -> Tensor:
+    """Cosine similarity `[Bq, Bd]` of normalised embeddings."""
+    return queries @ docs.T
+
+
+def hybrid_scores(queries: TRMOutput, docs: TRMOutput, sparse_weight: float = 0.3,
+                  dim: int | None = None) -> Tensor:
+    """s = s_dense + gamma * s_sparse (mGTE's hybrid; gamma searched on a dev split in evaluation)."""
+    q = queries.dense if dim is None else queries.dense_at(dim)
+    d = docs.dense if dim is None else docs.dense_at(dim)
+    return dense_scores(q, d) + sparse_weight * sparse_scores(queries.sparse, docs.sparse)
+
+
+class TextRepresentationModel(nn.Module):
+    def __init__(self, config: ModelConfig, special_token_ids: tuple[int, ...] = (0, 1, 2, 3)) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.head = TRMHead(config, special_token_ids)
+
+    def forward(self, batch: UnpaddedBatch) -> TRMOutput:
+        return self.head(self.encoder(batch), batch)
+
+
+# ---- reranker ---------------------------------------------------------------------------------------------
+class RerankerHead(nn.Module):
+    def __init__(self, config: ModelConfig, use_pooler: bool = True) -> None:
+        super().__init__()
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if use_pooler else None
+        self.classifier = nn.Linear(config.hidden_size, 1)
+
+    def forward(self, hidden: Tensor, batch: UnpaddedBatch) -> Tensor:
+        cls_hidden = hidden[batch.first_token_index]  # [B, H]
+        if self.pooler is not None:
+            cls_hidden = torch.tanh(self.pooler(cls_hidden))
+        return self.classifier(cls_hidden).squeeze(-1)  # [B]
+
+
+class Reranker(nn.Module):
+    """Cross-encoder: one logit per `[CLS] q [SEP] d` sequence."""
+
+    def __init__(self, config: ModelConfig, use_pooler: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.head = RerankerHead(config, use_pooler)
+
+    def forward(self, batch: UnpaddedBatch) -> Tensor:
+        return self.head(self.encoder(batch), batch)

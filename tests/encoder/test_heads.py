@@ -1,0 +1,114 @@
+import torch
+import torch.nn.functional as F
+from model_helpers import random_batch, tiny_config
+
+from encoder.batch import IGNORE_INDEX, UnpaddedBatch
+from encoder.heads import (
+    MaskedLM,
+    Reranker,
+    TextRepresentationModel,
+    dense_scores,
+    hybrid_scores,
+    sparse_scores,
+)
+
+SPECIALS = (0, 1, 2, 3)
+
+
+def test_mlm_head_runs_only_on_masked_positions():
+    torch.manual_seed(0)
+    model = MaskedLM(tiny_config()).eval()
+    batch = random_batch([10, 3, 25], model.config.vocab_size, seed=1)
+    labels = torch.full_like(batch.input_ids, IGNORE_INDEX)
+    masked = torch.tensor([0, 4, 11, 20, 37])
+    labels[masked] = batch.input_ids[masked]
+    out = model(batch.with_labels(labels))
+    assert out.logits.shape == (5, model.config.vocab_size)  # [M, V], never [T, V]
+    with torch.no_grad():
+        full_logits = model.head(model.encoder(batch))  # test-only full computation
+    expected = F.cross_entropy(full_logits[masked], labels[masked])
+    assert torch.allclose(out.loss, expected, atol=1e-5)
+    assert out.num_masked == 5
+    # the decoder is tied to the input embedding
+    assert model.head.decoder_weight is model.encoder.embeddings.word_embeddings.weight
+
+
+def naive_sparse(batch: UnpaddedBatch, token_weights: torch.Tensor) -> list[dict[int, float]]:
+    out = []
+    for ids, weights in zip(batch.split(batch.input_ids), batch.split(token_weights)):
+        d: dict[int, float] = {}
+        for tok, w in zip(ids.tolist(), weights.tolist()):
+            if tok in SPECIALS or w <= 0:
+                continue
+            d[tok] = max(d.get(tok, 0.0), w)
+        out.append(d)
+    return out
+
+
+def test_sparse_weights_max_over_repeats_and_drop_specials():
+    torch.manual_seed(1)
+    model = TextRepresentationModel(tiny_config(), special_token_ids=SPECIALS).eval()
+    batch = UnpaddedBatch.from_sequences([[0, 7, 9, 7, 7, 2], [0, 9, 9, 3, 11, 2], [0, 2]])
+    with torch.no_grad():
+        hidden = model.encoder(batch)
+        token_weights = F.relu(model.head.sparse_linear(hidden)).squeeze(-1)
+        out = model.head(hidden, batch)
+    got = out.sparse.to_dicts()
+    expected = naive_sparse(batch, token_weights)
+    assert [sorted(d) for d in got] == [sorted(d) for d in expected]
+    for g, e in zip(got, expected):
+        for tok in e:
+            assert abs(g[tok] - e[tok]) < 1e-6
+    assert got[2] == {}  # only specials
+    assert all(tok not in SPECIALS for d in got for tok in d)
+
+
+def test_sparse_scores_equal_dictionary_dot_products():
+    torch.manual_seed(2)
+    model = TextRepresentationModel(tiny_config(), special_token_ids=SPECIALS).eval()
+    queries = random_batch([5, 9], 40, seed=3)  # small vocab range: many shared ids
+    docs = random_batch([12, 3, 30], 40, seed=4)
+    with torch.no_grad():
+        q, d = model(queries), model(docs)
+    scores = sparse_scores(q.sparse, d.sparse)
+    for i, qd in enumerate(q.sparse.to_dicts()):
+        for j, dd in enumerate(d.sparse.to_dicts()):
+            expected = sum(w * dd[t] for t, w in qd.items() if t in dd)
+            assert abs(scores[i, j].item() - expected) < 1e-5
+
+
+def test_sparse_scores_are_differentiable():
+    torch.manual_seed(3)
+    model = TextRepresentationModel(tiny_config(), special_token_ids=SPECIALS)
+    out = model(random_batch([6, 6], 20, seed=5))
+    sparse_scores(out.sparse, out.sparse).sum().backward()
+    assert model.head.sparse_linear.weight.grad.abs().sum() > 0
+
+
+def test_dense_matryoshka_and_hybrid():
+    torch.manual_seed(4)
+    model = TextRepresentationModel(tiny_config(), special_token_ids=SPECIALS).eval()
+    batch = random_batch([8, 20, 3], model.config.vocab_size, seed=6)
+    with torch.no_grad():
+        hidden = model.encoder(batch)
+        out = model.head(hidden, batch)
+    cls = hidden[[0, 8, 28]]
+    assert torch.allclose(out.dense, F.normalize(cls, dim=-1), atol=1e-6)
+    assert torch.allclose(out.dense.norm(dim=-1), torch.ones(3))
+    small = out.dense_at(32)
+    assert small.shape == (3, 32) and torch.allclose(small, F.normalize(cls[:, :32], dim=-1), atol=1e-6)
+    hybrid = hybrid_scores(out, out, sparse_weight=0.25)
+    expected = dense_scores(out.dense, out.dense) + 0.25 * sparse_scores(out.sparse, out.sparse)
+    assert torch.allclose(hybrid, expected)
+
+
+def test_reranker_one_logit_per_pair_independent_of_packing():
+    torch.manual_seed(5)
+    model = Reranker(tiny_config()).eval()
+    batch = random_batch([12, 4, 31], model.config.vocab_size, seed=7)
+    with torch.no_grad():
+        scores = model(batch)
+        alone = torch.cat([model(UnpaddedBatch.from_sequences([s.tolist()]))
+                           for s in batch.split(batch.input_ids)])
+    assert scores.shape == (3,)
+    assert torch.allclose(scores, alone, atol=1e-5)
