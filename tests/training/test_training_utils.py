@@ -1,0 +1,66 @@
+"""Shared loop pieces: optimizer groups, the LR schedule, the non-finite guard, JSONL logging and the plot."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from encoder.training import (
+    NonFiniteGuard,
+    NonFiniteLossError,
+    TrainLogger,
+    build_optimizer,
+    lr_at,
+    plot_loss_curve,
+    read_metrics,
+)
+
+
+def test_no_weight_decay_on_bias_and_layernorm():
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=1e-5)
+    decay, no_decay = optimizer.param_groups
+    assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[1].weight)}
+    assert {id(p) for p in no_decay["params"]} == {id(model[1].bias), id(model[2].weight), id(model[2].bias)}
+    assert no_decay["weight_decay"] == 0.0
+    # LR-decoupled: lr * wd_group == wd, so each step shrinks by wd * lr_t / lr_peak
+    assert math.isclose(decay["weight_decay"] * 1e-3, 1e-5)
+    assert optimizer.defaults["betas"] == (0.9, 0.98) and optimizer.defaults["eps"] == 1e-6
+
+
+def test_lr_schedule_warmup_then_linear_decay():
+    total, peak = 100, 1e-3
+    lrs = [lr_at(s, total, 0.06, peak) for s in range(total)]
+    assert lrs[0] == pytest.approx(peak / 6) and lrs[5] == pytest.approx(peak)
+    assert max(lrs) == pytest.approx(peak) and lrs.index(max(lrs)) == 5
+    assert all(a >= b for a, b in zip(lrs[5:], lrs[6:]))  # monotone decay after warm-up
+    assert lr_at(total, total, 0.06, peak) == 0.0
+    assert lrs[50] == lr_at(50, total, 0.06, peak)  # pure: same answer every time
+
+
+def test_nonfinite_guard_skips_then_stops():
+    guard = NonFiniteGuard(max_consecutive=3)
+    assert guard.check(torch.tensor(1.0), step=0)
+    with pytest.warns(RuntimeWarning, match="non-finite loss"):
+        assert not guard.check(torch.tensor(float("nan")), step=1)
+    assert guard.check(torch.tensor(2.0), step=2) and guard.consecutive == 0
+    with pytest.warns(RuntimeWarning):
+        guard.check(torch.tensor(float("inf")), step=3)
+        guard.check(torch.tensor(float("nan")), step=4)
+        with pytest.raises(NonFiniteLossError, match="3 consecutive"):
+            guard.check(torch.tensor(float("nan")), step=5)
+
+
+def test_logger_truncates_after_resume_step_and_plots(tmp_path):
+    logger = TrainLogger(tmp_path, tensorboard=True)
+    for step in range(1, 6):
+        logger.log(step, {"loss": 5.0 - step, "accuracy": 0.1 * step})
+    logger.close()
+    with (tmp_path / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 6, "lo')  # torn by a kill
+    TrainLogger(tmp_path, tensorboard=False, resume_step=3).close()
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+    png = plot_loss_curve(tmp_path / "metrics.jsonl", tmp_path / "loss.png", keys=("loss", "accuracy"))
+    assert png.stat().st_size > 1000 and list((tmp_path / "tensorboard").iterdir())
