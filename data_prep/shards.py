@@ -1,0 +1,83 @@
+"""Read token shards written by `data_prep.corpus.build_shards`: memory-mapped, sequence i by index."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.files import DataError, sha256_file
+
+FORMAT = "longenc-token-shards/1"
+
+
+class ShardReader:
+    """All sequences of a shard directory as one indexable collection (nothing loaded into memory).
+
+    `lengths[i]` and `language_ids[i]` (index into `languages`) are small host arrays that samplers use;
+    `reader[i]` is a read-only uint32 view of sequence i inside a memory-mapped file.
+    """
+
+    def __init__(self, directory: str | Path, verify: bool = False) -> None:
+        self.directory = Path(directory)
+        manifest_path = self.directory / "manifest.json"
+        if not manifest_path.is_file():
+            raise DataError(f"{manifest_path}: missing; the shard directory is incomplete or was never built")
+        try:
+            self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise DataError(f"{manifest_path}: unreadable manifest ({err})") from err
+        if self.manifest.get("format") != FORMAT:
+            raise DataError(f"{manifest_path}: field 'format' is {self.manifest.get('format')!r}, expected {FORMAT!r}")
+        self.languages: list[str] = list(self.manifest["languages"])
+        self._ids: list[np.ndarray] = []
+        self._offsets: list[np.ndarray] = []
+        lengths, language_ids = [], []
+        for entry in self.manifest["shards"]:
+            ids = self._open(entry, "ids", verify)
+            offsets = self._open(entry, "offsets", verify)
+            if (len(offsets) != entry["sequences"] + 1 or int(offsets[-1]) != len(ids)
+                    or len(ids) != entry["tokens"]):
+                raise DataError(f"{self.directory / entry['ids']}: size does not match the manifest "
+                                f"({len(offsets) - 1} sequences / {len(ids)} tokens, manifest says "
+                                f"{entry['sequences']} / {entry['tokens']})")
+            self._ids.append(ids)
+            self._offsets.append(offsets)
+            lengths.append(np.diff(offsets).astype(np.int32))
+            language_ids.append(np.full(entry["sequences"], self.languages.index(entry["lang"]), dtype=np.int16))
+        self.lengths: np.ndarray = np.concatenate(lengths) if lengths else np.zeros(0, np.int32)
+        self.language_ids: np.ndarray = np.concatenate(language_ids) if language_ids else np.zeros(0, np.int16)
+        counts = [len(o) - 1 for o in self._offsets]
+        self._shard_starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    def _open(self, entry: dict, kind: str, verify: bool) -> np.ndarray:
+        path = self.directory / "shards" / entry[kind]
+        if not path.is_file():
+            raise DataError(f"{path}: shard file listed in the manifest is missing")
+        if verify and sha256_file(path) != entry[f"sha256_{kind}"]:
+            raise DataError(f"{path}: checksum does not match the manifest (corrupt or rewritten)")
+        try:
+            return np.load(path, mmap_mode="r")
+        except Exception as err:  # numpy raises ValueError/OSError/EOFError for damaged files
+            raise DataError(f"{path}: unreadable shard ({type(err).__name__}: {err})") from err
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if not 0 <= index < len(self):
+            raise IndexError(f"sequence {index} out of range (0..{len(self) - 1})")
+        shard = int(np.searchsorted(self._shard_starts, index, side="right")) - 1
+        local = index - int(self._shard_starts[shard])
+        offsets = self._offsets[shard]
+        return self._ids[shard][int(offsets[local]):int(offsets[local + 1])]
+
+    def token_counts(self) -> dict[str, int]:
+        """Tokens per language (from the manifest; languages without text map to 0)."""
+        return {lang: int(stats["tokens"]) for lang, stats in self.manifest["languages"].items()}
+
+    def indices_of(self, lang: str) -> np.ndarray:
+        if lang not in self.languages:
+            raise KeyError(f"language {lang!r} not in this corpus ({self.languages})")
+        return np.flatnonzero(self.language_ids == self.languages.index(lang))
