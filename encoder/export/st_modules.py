@@ -1,0 +1,68 @@
+"""sentence-transformers module for the sparse (lexical) output of a TRM export.
+
+Shipped as `sentence_longenc.py` next to `modeling_longenc.py` (bundle.py rewrites the package imports below to
+`from .modeling_longenc import ...`). It follows the module contract exactly: `config_keys` + `get_config_dict`,
+`save` writes `config.json` + `model.safetensors` into the module folder, `load` reads them back; dimensions are
+known at construction (vocab size), never discovered at the first forward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from sentence_transformers.base.modules import Module
+from torch import Tensor
+
+from ..batch import unpad
+from ..config import ModelConfig
+from ..heads import TRMHead
+
+
+class LongEncSparsePooling(Module):
+    """token_embeddings `[B, L, H]` -> sentence_embedding `[B, vocab]`: ReLU(linear) per token, max over repeated
+    ids, special tokens dropped (our `TRMHead.sparse_weights` on the unpadded tokens)."""
+
+    config_keys = ["hidden_size", "vocab_size", "special_token_ids"]
+
+    def __init__(self, hidden_size: int, vocab_size: int, special_token_ids: list[int]) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.vocab_size = vocab_size
+        self.special_token_ids = list(special_token_ids)
+        config = ModelConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_heads=1, num_layers=1)
+        self.head = TRMHead(config, tuple(self.special_token_ids))
+
+    @property
+    def sparse_linear(self) -> torch.nn.Linear:
+        return self.head.sparse_linear
+
+    def forward(self, features: dict[str, Tensor | Any], **kwargs) -> dict[str, Tensor | Any]:
+        batch, info = unpad(features["input_ids"], features["attention_mask"])
+        hidden = features["token_embeddings"].flatten(0, 1)[info.indices]  # [T, H]
+        sparse = self.head.sparse_weights(hidden, batch)
+        embedding = hidden.new_zeros(batch.num_sequences, self.vocab_size)
+        embedding[sparse.sequence_index, sparse.token_ids] = sparse.weights.to(embedding.dtype)
+        features["sentence_embedding"] = embedding  # SparseEncoder turns it into a sparse tensor
+        return features
+
+    def get_embedding_dimension(self) -> int:
+        return self.vocab_size
+
+    def get_sentence_embedding_dimension(self) -> int:  # older sentence-transformers name
+        return self.vocab_size
+
+    def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
+        self.save_config(output_path)
+        # only the H+1 head weights: the special-id buffer is rebuilt from the config
+        self.save_torch_weights(output_path, safe_serialization=safe_serialization)
+
+    @classmethod
+    def load(cls, model_name_or_path: str, subfolder: str = "", token: bool | str | None = None,
+             cache_folder: str | None = None, revision: str | None = None, local_files_only: bool = False,
+             **kwargs) -> LongEncSparsePooling:
+        hub = {"subfolder": subfolder, "token": token, "cache_folder": cache_folder, "revision": revision,
+               "local_files_only": local_files_only}
+        module = cls(**cls.load_config(model_name_or_path, **hub))
+        cls.load_torch_weights(model_name_or_path, model=module, **hub)
+        return module
