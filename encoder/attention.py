@@ -116,26 +116,51 @@ def reference_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max
 # ---- sdpa: PyTorch's fused attention, per sequence (no padding computed) --------------------------------
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int) -> Tensor:
     offsets = _host_offsets(cu_seqlens)
-    if len(offsets) == 2:  # one sequence: no split needed
-        return F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)).transpose(0, 1)
+    lengths = [e - s for s, e in zip(offsets[:-1], offsets[1:])]
+    if len(lengths) == 1:  # one sequence: no gather needed
+        return _sdpa_same_length(q, k, v, 1)
     out = torch.empty_like(q)
     # Sequences of equal length share one call: length-bucketed batches make this the common case.
-    lengths = [e - s for s, e in zip(offsets[:-1], offsets[1:])]
     by_length: dict[int, list[int]] = {}
     for i, n in enumerate(lengths):
         by_length.setdefault(n, []).append(i)
     for n, seqs in by_length.items():
         if len(seqs) == 1:
-            s = offsets[seqs[0]]
-            o = F.scaled_dot_product_attention(q[s:s + n].transpose(0, 1), k[s:s + n].transpose(0, 1),
-                                               v[s:s + n].transpose(0, 1))
-            out[s:s + n] = o.transpose(0, 1)
-            continue
-        index = torch.cat([torch.arange(offsets[i], offsets[i] + n, device=q.device) for i in seqs])
-        qb, kb, vb = (x[index].view(len(seqs), n, *x.shape[1:]).transpose(1, 2) for x in (q, k, v))
-        o = F.scaled_dot_product_attention(qb, kb, vb)  # [S, heads, n, d]
-        out[index] = o.transpose(1, 2).reshape(len(seqs) * n, *q.shape[1:])
+            rows = slice(offsets[seqs[0]], offsets[seqs[0]] + n)
+        else:
+            rows = torch.cat([torch.arange(offsets[i], offsets[i] + n, device=q.device) for i in seqs])
+        out[rows] = _sdpa_same_length(q[rows], k[rows], v[rows], len(seqs))
     return out
+
+
+def _sdpa_same_length(q: Tensor, k: Tensor, v: Tensor, count: int) -> Tensor:
+    """`count` packed sequences of one length `[count * n, heads, d]` through one SDPA call.
+
+    SDPA wants 4-D `[batch, heads, n, d]`: with 3-D input the CPU dispatcher takes the math path, which
+    materialises the `[heads, n, n]` scores (gigabytes at 8192 tokens) instead of the fused kernel.
+    """
+    shape = (count, q.shape[0] // count, *q.shape[1:])  # [S, n, heads, d]
+    qb, kb, vb = (x.reshape(shape).transpose(1, 2) for x in (q, k, v))
+    return F.scaled_dot_product_attention(qb, kb, vb).transpose(1, 2).reshape(q.shape)
+
+
+def first_token_attention(q_first: Tensor, k: Tensor, v: Tensor, sequence_index: Tensor) -> Tensor:
+    """Attention of one query per sequence (its first token) over that sequence's keys, in O(T).
+
+    q_first `[B, heads, d]`; k, v `[T, heads, d]`; sequence_index `[T]` -> `[B, heads, d]`. A segment softmax
+    over the packed row, float32 accumulation; used for CLS-only outputs of the last layer.
+    """
+    scale = 1.0 / math.sqrt(q_first.shape[-1])
+    acc = torch.promote_types(q_first.dtype, torch.float32)  # at least float32 accumulation
+    scores = (k.to(acc) * q_first.to(acc)[sequence_index]).sum(-1) * scale  # [T, heads]
+    batch_size, heads = q_first.shape[0], q_first.shape[1]
+    index = sequence_index[:, None].expand(-1, heads)
+    row_max = scores.new_full((batch_size, heads), float("-inf")).scatter_reduce(0, index, scores, reduce="amax")
+    weights = torch.exp(scores - row_max[sequence_index])  # [T, heads]
+    denominator = scores.new_zeros(batch_size, heads).index_add_(0, sequence_index, weights)
+    weighted = weights[..., None] * v.to(acc)  # [T, heads, d]
+    out = v.new_zeros(batch_size, *v.shape[1:], dtype=acc).index_add_(0, sequence_index, weighted)
+    return (out / denominator[..., None]).to(q_first.dtype)
 
 
 # ---- optional GPU backends (import-guarded) ---------------------------------------------------------------

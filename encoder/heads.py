@@ -53,10 +53,10 @@ class MaskedLM(nn.Module):
     def forward(self, batch: UnpaddedBatch) -> MLMOutput:
         if batch.labels is None:
             raise ValueError("labels: MaskedLM needs a batch with MLM labels (IGNORE_INDEX where unmasked)")
-        hidden = self.encoder(batch)  # [T, H]
         masked = (batch.labels != IGNORE_INDEX).nonzero().squeeze(1)  # [M]
         labels = batch.labels[masked]
-        logits = self.head(hidden[masked])  # [M, V]
+        # only the masked rows go through the last layer's feed-forward and the head
+        logits = self.head(self.encoder(batch, output_rows=masked))  # [M, V]
         if labels.numel() == 0:  # nothing masked: a zero loss that still touches the graph
             loss = logits.sum() * 0.0
         else:
@@ -177,8 +177,8 @@ class RerankerHead(nn.Module):
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if use_pooler else None
         self.classifier = nn.Linear(config.hidden_size, 1)
 
-    def forward(self, hidden: Tensor, batch: UnpaddedBatch) -> Tensor:
-        cls_hidden = hidden[batch.first_token_index]  # [B, H]
+    def forward(self, cls_hidden: Tensor) -> Tensor:
+        """CLS states `[B, H]` -> one logit per sequence `[B]`."""
         if self.pooler is not None:
             cls_hidden = torch.tanh(self.pooler(cls_hidden))
         return self.classifier(cls_hidden).squeeze(-1)  # [B]
@@ -194,4 +194,4 @@ class Reranker(nn.Module):
         self.head = RerankerHead(config, use_pooler)
 
     def forward(self, batch: UnpaddedBatch) -> Tensor:
-        return self.head(self.encoder(batch), batch)
+        return self.head(self.encoder.cls_states(batch))

@@ -12,10 +12,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import get_backend, resolve_backend_name
+from .attention import first_token_attention, get_backend, resolve_backend_name
 from .batch import UnpaddedBatch, pad, unpad
 from .config import ModelConfig
 from .rope import RotaryEmbedding
+
+# Rows wanted from the last layer: all (None), an index tensor `[M]`, or "first" (each sequence's first token).
+OutputRows = Tensor | str | None
+
+
+def _row_index(rows: Tensor | str, batch: UnpaddedBatch) -> Tensor:
+    return batch.first_token_index if isinstance(rows, str) else rows
+
 
 ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),  # exact erf form, as mGTE's "gelu"
@@ -59,14 +67,21 @@ class SelfAttention(nn.Module):
         self.rotary = rotary
         self.backend_name = config.attention_backend
 
-    def forward(self, hidden: Tensor, batch: UnpaddedBatch) -> Tensor:
+    def forward(self, hidden: Tensor, batch: UnpaddedBatch, rows: OutputRows = None) -> Tensor:
+        """`[T, H]` -> `[T, H]`, or `[M, H]` for the query rows `rows` only (keys and values always cover
+        every token)."""
         num_tokens = hidden.shape[0]
         qkv = self.qkv_proj(hidden).view(num_tokens, 3, self.num_heads, self.head_dim)  # [T, 3, heads, d]
         q, k = self.rotary(qkv[:, 0], qkv[:, 1], batch.position_ids)
         v = qkv[:, 2]
-        attend = get_backend(self.backend_name, hidden.device)
-        out = attend(q, k, v, batch.cu_seqlens, batch.max_seqlen)  # [T, heads, d]
-        return self.o_proj(out.reshape(num_tokens, -1))
+        if isinstance(rows, str):  # "first": one query per sequence, O(T) instead of O(T * L)
+            out = first_token_attention(q[batch.first_token_index], k, v, batch.sequence_index)  # [B, heads, d]
+        else:
+            attend = get_backend(self.backend_name, hidden.device)
+            out = attend(q, k, v, batch.cu_seqlens, batch.max_seqlen)  # [T, heads, d]
+            if rows is not None:
+                out = out[rows]
+        return self.o_proj(out.reshape(out.shape[0], -1))
 
 
 class GatedMLP(nn.Module):
@@ -79,7 +94,16 @@ class GatedMLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size)
         self.act = ACTIVATIONS[config.hidden_act]
 
+    # Without autograd nothing needs the [T, 2I] intermediate afterwards, so long inputs go through in row
+    # chunks: peak memory stays flat in T (an 8192-token text would otherwise hold ~400 MB here at base size).
+    inference_chunk_rows = 2048
+
     def forward(self, hidden: Tensor) -> Tensor:
+        if not torch.is_grad_enabled() and hidden.shape[0] > self.inference_chunk_rows:
+            return torch.cat([self._mlp(chunk) for chunk in hidden.split(self.inference_chunk_rows)])
+        return self._mlp(hidden)
+
+    def _mlp(self, hidden: Tensor) -> Tensor:
         up, gate = self.up_gate_proj(hidden).split(self.intermediate_size, dim=-1)
         return self.down_proj(self.act(gate) * up)
 
@@ -94,11 +118,13 @@ class EncoderLayer(nn.Module):
         self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, hidden: Tensor, batch: UnpaddedBatch) -> Tensor:
+    def forward(self, hidden: Tensor, batch: UnpaddedBatch, rows: OutputRows = None) -> Tensor:
+        """`[T, H]` -> `[T, H]`; with `rows`, only those rows leave the layer (`[M, H]`)."""
+        residual = hidden if rows is None else hidden[_row_index(rows, batch)]
         if self.post_norm:  # BERT / mGTE: x = LN(x + f(x))
-            hidden = self.attn_norm(hidden + self.dropout(self.attn(hidden, batch)))
+            hidden = self.attn_norm(residual + self.dropout(self.attn(hidden, batch, rows)))
             return self.mlp_norm(hidden + self.dropout(self.mlp(hidden)))
-        hidden = hidden + self.dropout(self.attn(self.attn_norm(hidden), batch))
+        hidden = residual + self.dropout(self.attn(self.attn_norm(hidden), batch, rows))
         return hidden + self.dropout(self.mlp(self.mlp_norm(hidden)))
 
 
@@ -162,15 +188,27 @@ class Encoder(nn.Module):
         if batch.num_tokens == 0:
             raise ValueError("input_ids: empty batch")
 
-    def forward(self, batch: UnpaddedBatch) -> Tensor:
+    def forward(self, batch: UnpaddedBatch, output_rows: OutputRows = None) -> Tensor:
+        """Packed hidden states `[T, H]`.
+
+        `output_rows` (a `[M]` index tensor, or "first" for each sequence's first token) asks for only those
+        rows: the last layer then runs its output projection and feed-forward on M rows instead of T (and, for
+        "first", attention for one query per sequence), as mGTE does for the masked tokens in MLM training.
+        """
         self.check_batch(batch)
         hidden = self.embeddings(batch)  # [T, H]
-        for layer in self.layers:
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            rows = output_rows if i == last else None
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                hidden = checkpoint(layer, hidden, batch, use_reentrant=False)
+                hidden = checkpoint(layer, hidden, batch, rows, use_reentrant=False)
             else:
-                hidden = layer(hidden, batch)
-        return self.final_norm(hidden)
+                hidden = layer(hidden, batch, rows)
+        return self.final_norm(hidden)  # [T, H] or [M, H]
+
+    def cls_states(self, batch: UnpaddedBatch) -> Tensor:
+        """Final hidden state of each sequence's first token `[B, H]`, computing only what it needs."""
+        return self.forward(batch, output_rows="first")
 
     def forward_padded(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                        token_type_ids: Tensor | None = None) -> Tensor:

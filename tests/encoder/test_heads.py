@@ -25,7 +25,7 @@ def test_mlm_head_runs_only_on_masked_positions():
     out = model(batch.with_labels(labels))
     assert out.logits.shape == (5, model.config.vocab_size)  # [M, V], never [T, V]
     with torch.no_grad():
-        full_logits = model.head(model.encoder(batch))  # test-only full computation
+        full_logits = model.head(model.encoder(batch))  # test-only: every row through the last layer
     expected = F.cross_entropy(full_logits[masked], labels[masked])
     assert torch.allclose(out.loss, expected, atol=1e-5)
     assert out.num_masked == 5

@@ -213,3 +213,42 @@ def test_dropout_is_active_only_in_training():
         model.train()
         c = model(batch)
     assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+# rows-only outputs of the last layer (MLM on masked tokens, CLS-only encoding)
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
+def test_output_rows_and_cls_states_match_full_forward(norm_position):
+    model = make_encoder(norm_position=norm_position)
+    batch = random_batch(MIXED, model.config.vocab_size, seed=14)
+    rows = torch.tensor([0, 3, 8, 200, 500])
+    with torch.no_grad():
+        full = model(batch)
+        assert (model(batch, output_rows=rows) - full[rows]).abs().max().item() < 1e-6
+        assert (model.cls_states(batch) - full[batch.first_token_index]).abs().max().item() < 1e-5
+
+
+def test_first_token_attention_matches_reference():
+    from encoder.attention import first_token_attention
+
+    generator = torch.Generator().manual_seed(15)
+    lengths = [1, 7, 129, 64]
+    batch = UnpaddedBatch.from_packed(torch.zeros(sum(lengths), dtype=torch.long), lengths)
+    q, k, v = (torch.randn(batch.num_tokens, 3, 16, generator=generator, dtype=torch.float64) for _ in range(3))
+    expected = []
+    for qs, ks, vs in zip(batch.split(q), batch.split(k), batch.split(v)):  # float64 throughout
+        probs = torch.softmax(torch.einsum("hd,lhd->hl", qs[0], ks) / 4.0, dim=-1)  # 1/sqrt(16)
+        expected.append(torch.einsum("hl,lhd->hd", probs, vs))
+    expected = torch.stack(expected)
+    got = first_token_attention(q[batch.first_token_index], k, v, batch.sequence_index)
+    assert (got - expected).abs().max().item() < 1e-10
+
+
+def test_chunked_inference_feed_forward_matches_unchunked():
+    model = make_encoder()
+    batch = random_batch([50, 31], model.config.vocab_size, seed=16)
+    for layer in model.layers:
+        layer.mlp.inference_chunk_rows = 16  # force several chunks
+    with torch.no_grad():
+        chunked = model(batch)
+    unchunked = model(batch).detach()  # grad mode: one pass
+    assert (chunked - unchunked).abs().max().item() < 1e-6
