@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# MLM pre-training on one node with the DeepSpeed launcher (N GPUs), or several nodes with a hostfile.
+#
+#   launch/pretrain.sh                                   # stage 1, all GPUs of this node
+#   NUM_GPUS=4 launch/pretrain.sh configs/mlm_stage2.yaml train.grad_accum=32
+#   HOSTFILE=launch/hostfile launch/pretrain.sh configs/mlm_stage1.yaml     # multi-node (see README.md)
+#
+# Extra arguments after the config are `section.key=value` overrides or trainer flags (--resume, --stop-after).
+# Re-running the same command resumes from the newest complete checkpoint (--resume auto is the default).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CONFIG=${1:-configs/mlm_stage1.yaml}
+shift || true
+DS_CONFIG=${DS_CONFIG:-launch/deepspeed/zero2.json}
+NUM_GPUS=${NUM_GPUS:-$(python -c "import torch; print(max(torch.cuda.device_count(), 1))")}
+MASTER_PORT=${MASTER_PORT:-29500}
+PYTHON=${PYTHON:-python}
+
+LAUNCH=(deepspeed --master_port "$MASTER_PORT")
+if [[ -n "${HOSTFILE:-}" ]]; then
+    LAUNCH+=(--hostfile "$HOSTFILE" ${MASTER_ADDR:+--master_addr "$MASTER_ADDR"})
+else
+    LAUNCH+=(--num_gpus "$NUM_GPUS")
+fi
+
+exec "${LAUNCH[@]}" --module encoder.train_mlm --config "$CONFIG" \
+    train.engine=deepspeed train.deepspeed_config="$DS_CONFIG" "$@"
