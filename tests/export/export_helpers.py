@@ -95,10 +95,12 @@ def clean_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def run_fresh(script: str, args: list[str], tmp: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+def run_fresh(script: str, args: list[str], tmp: Path, timeout: int = 240,
+              extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run the script file `script` with this interpreter from an empty cwd, without the repository on sys.path."""
     cwd = tmp / "fresh_cwd"
     cwd.mkdir(exist_ok=True)
     # -s: no user site-packages; the script's own folder (tests/export) is on sys.path, the repository root is not
-    return subprocess.run([sys.executable, "-s", script, *args], cwd=cwd, env=clean_env(tmp), capture_output=True,
-                          text=True, timeout=timeout)
+    env = {**clean_env(tmp), **(extra_env or {})}
+    return subprocess.run([sys.executable, "-s", script, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)

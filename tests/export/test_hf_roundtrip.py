@@ -111,3 +111,16 @@ def test_export_layout_and_card(exported):
     assert not (root / "mlm" / "modules.json").exists()
     modeling = (root / "trm" / "modeling_longenc.py").read_text()
     assert not re.search(r"^\s*(from|import)\s+(encoder|kernels)\b", modeling, flags=re.MULTILINE)
+
+
+def test_bundled_triton_kernels_run_without_the_repository(exported):
+    """The shipped `longenc_triton.py` (kernels/ bundled) under the Triton interpreter on CPU matches SDPA."""
+    _, _, root = exported
+    if not (root / "trm" / "longenc_triton.py").is_file():
+        pytest.skip("kernels/ was not present at export time, so no Triton code was bundled")
+    pytest.importorskip("triton")
+    proc = run_fresh(str(Path(__file__).resolve().parent / "fresh_triton_script.py"), [str(root / "trm")], root,
+                     extra_env={"TRITON_INTERPRET": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    diff = float(proc.stdout.strip().split("max_abs_diff=")[-1])
+    assert diff < TOL
