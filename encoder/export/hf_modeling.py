@@ -98,9 +98,6 @@ class LongEncPreTrainedModel(PreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.encoder.embeddings.word_embeddings = value
 
-    def _gradient_checkpointing_func_switch(self, enable: bool) -> None:
-        self.encoder.set_gradient_checkpointing(enable)
-
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         self.encoder.set_gradient_checkpointing(True)
 
