@@ -3,7 +3,8 @@
     out = triton_varlen_attention(q, k, v, cu_seqlens, max_seqlen)    q, k, v, out: [T, heads, d]
 
 Every sequence b attends only to itself: tokens cu_seqlens[b] .. cu_seqlens[b+1]-1, no causal mask, scale
-1/sqrt(d). Head dims 32, 64, 128; fp16/bf16/fp32 (bf16 and fp16 are the GPU fast paths).
+1/sqrt(d). Head dims up to 128 (32, 64, 128 native; others padded to the next power of two >= 16);
+fp16/bf16/fp32 (bf16 and fp16 are the GPU fast paths).
 
 Design
 - Forward: online softmax over key blocks; saves the per-row log-sum-exp (log2 units, fp32, [heads, T]).
@@ -34,7 +35,7 @@ from torch import Tensor
 from . import _utils
 from ._utils import INTERPRET, SUPPORTED_DTYPES, dot_precision, seqlen_bucket, unit_stride_last, upcast_tiles
 
-HEAD_DIMS = (32, 64, 128)
+MAX_HEAD_DIM = 128  # the tile configs are sized for up to 128 (mGTE: 64); smaller dims are padded to 2^k >= 16
 LOG2_E = 1.4426950408889634
 # cu_seqlens entries scanned per vector load when a program looks up its sequence; tiny under the interpreter
 # so that tests with a few dozen sequences already take the multi-load path
@@ -76,11 +77,16 @@ def _locate_block(cu_seqlens, num_seqs, pid, BLOCK: tl.constexpr, SEARCH_BLOCK: 
 
 
 @triton.jit
-def _load_rows(base, rows, stride, seqlen, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, UPCAST: tl.constexpr):
-    """[len(rows), HEAD_DIM] tile of one head; rows past the sequence end read as 0 when MASK."""
-    ptrs = base + rows[:, None] * stride + tl.arange(0, HEAD_DIM)[None, :]
+def _load_rows(base, rows, stride, seqlen, HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, MASK: tl.constexpr,
+               UPCAST: tl.constexpr):
+    """[len(rows), HEAD_PAD] tile of one head; rows past the sequence end (when MASK) and feature columns past
+    HEAD_DIM read as 0, so padded columns add nothing to any dot product."""
+    cols = tl.arange(0, HEAD_PAD)
+    ptrs = base + rows[:, None] * stride + cols[None, :]
     if MASK:
-        tile = tl.load(ptrs, mask=(rows < seqlen)[:, None], other=0.0)
+        tile = tl.load(ptrs, mask=(rows < seqlen)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
+    elif HEAD_DIM != HEAD_PAD:
+        tile = tl.load(ptrs, mask=(cols < HEAD_DIM)[None, :], other=0.0)
     else:
         tile = tl.load(ptrs)
     if UPCAST:
@@ -91,11 +97,11 @@ def _load_rows(base, rows, stride, seqlen, HEAD_DIM: tl.constexpr, MASK: tl.cons
 # ---- forward ----------------------------------------------------------------------------------------------
 @triton.jit
 def _fwd_inner(acc, row_sum, row_max, q, k_base, v_base, stride_kt, stride_vt, start_n, seqlen, qk_scale,
-               BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, UPCAST: tl.constexpr,
-               DOT_PRECISION: tl.constexpr):
+               BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, MASK: tl.constexpr,
+               UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
     cols = start_n + tl.arange(0, BLOCK_N)
-    k = _load_rows(k_base, cols, stride_kt, seqlen, HEAD_DIM, MASK, UPCAST)  # [BN, d]
-    v = _load_rows(v_base, cols, stride_vt, seqlen, HEAD_DIM, MASK, UPCAST)
+    k = _load_rows(k_base, cols, stride_kt, seqlen, HEAD_DIM, HEAD_PAD, MASK, UPCAST)  # [BN, d]
+    v = _load_rows(v_base, cols, stride_vt, seqlen, HEAD_DIM, HEAD_PAD, MASK, UPCAST)
     scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BM, BN], log2 units
     if MASK:
         scores = tl.where((cols < seqlen)[None, :], scores, float("-inf"))
@@ -112,7 +118,8 @@ def _fwd_inner(acc, row_sum, row_max, q, k_base, v_base, stride_kt, stride_vt, s
 @triton.jit(do_not_specialize=_PER_BATCH_ARGS)
 def _attn_fwd_kernel(Q, K, V, OUT, LSE, cu_seqlens, num_seqs, total_tokens, seqlen_bucket, qk_scale,
                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-                     HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                     HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, UPCAST: tl.constexpr,
+                     DOT_PRECISION: tl.constexpr,
                      SEARCH_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     seq_start, seqlen, block = _locate_block(cu_seqlens, num_seqs, tl.program_id(0), BLOCK_M, SEARCH_BLOCK)
     if block * BLOCK_M >= seqlen:  # the spare program after a sequence whose blocks fit exactly
@@ -120,27 +127,29 @@ def _attn_fwd_kernel(Q, K, V, OUT, LSE, cu_seqlens, num_seqs, total_tokens, seql
     head = tl.program_id(1)
     first_row = seq_start.to(tl.int64)
     rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
-    q = _load_rows(Q + first_row * stride_qt + head * stride_qh, rows, stride_qt, seqlen, HEAD_DIM, True, UPCAST)
+    q = _load_rows(Q + first_row * stride_qt + head * stride_qh, rows, stride_qt, seqlen, HEAD_DIM, HEAD_PAD,
+                   True, UPCAST)
     k_base = K + first_row * stride_kt + head * stride_kh
     v_base = V + first_row * stride_vt + head * stride_vh
 
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
     row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     full_end = (seqlen // BLOCK_N) * BLOCK_N
     for start_n in range(0, full_end, BLOCK_N):
         acc, row_sum, row_max = _fwd_inner(acc, row_sum, row_max, q, k_base, v_base, stride_kt, stride_vt,
-                                           start_n, seqlen, qk_scale, BLOCK_N, HEAD_DIM, False, UPCAST,
+                                           start_n, seqlen, qk_scale, BLOCK_N, HEAD_DIM, HEAD_PAD, False, UPCAST,
                                            DOT_PRECISION)
     if full_end < seqlen:
         acc, row_sum, row_max = _fwd_inner(acc, row_sum, row_max, q, k_base, v_base, stride_kt, stride_vt,
-                                           full_end, seqlen, qk_scale, BLOCK_N, HEAD_DIM, True, UPCAST,
+                                           full_end, seqlen, qk_scale, BLOCK_N, HEAD_DIM, HEAD_PAD, True, UPCAST,
                                            DOT_PRECISION)
 
     in_seq = rows < seqlen
     out = acc / row_sum[:, None]
     o_ptrs = OUT + first_row * stride_ot + head * stride_oh + rows[:, None] * stride_ot
-    tl.store(o_ptrs + tl.arange(0, HEAD_DIM)[None, :], out.to(OUT.dtype.element_ty), mask=in_seq[:, None])
+    cols = tl.arange(0, HEAD_PAD)
+    tl.store(o_ptrs + cols[None, :], out.to(OUT.dtype.element_ty), mask=in_seq[:, None] & (cols < HEAD_DIM)[None, :])
     lse_ptrs = LSE + head.to(tl.int64) * total_tokens + first_row + rows
     tl.store(lse_ptrs, row_max + tl.math.log2(row_sum), mask=in_seq)
 
@@ -148,12 +157,12 @@ def _attn_fwd_kernel(Q, K, V, OUT, LSE, cu_seqlens, num_seqs, total_tokens, seql
 # ---- backward ---------------------------------------------------------------------------------------------
 @triton.jit
 def _bwd_delta_kernel(OUT, DO, DELTA, total_tokens, stride_ot, stride_oh, stride_dot, stride_doh,
-                      HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
+                      HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_T: tl.constexpr):
     """delta[h, t] = sum_d dO[t, h, d] * O[t, h, d]: the softmax-backward row term, computed once."""
     head = tl.program_id(1)
     rows = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
-    cols = tl.arange(0, HEAD_DIM)[None, :]
-    mask = (rows < total_tokens)[:, None]
+    cols = tl.arange(0, HEAD_PAD)[None, :]
+    mask = (rows < total_tokens)[:, None] & (cols < HEAD_DIM)
     o = tl.load(OUT + rows[:, None] * stride_ot + head * stride_oh + cols, mask=mask, other=0.0).to(tl.float32)
     do = tl.load(DO + rows[:, None] * stride_dot + head * stride_doh + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(DELTA + head.to(tl.int64) * total_tokens + rows, tl.sum(o * do, axis=1), mask=rows < total_tokens)
@@ -161,11 +170,11 @@ def _bwd_delta_kernel(OUT, DO, DELTA, total_tokens, stride_ot, stride_oh, stride
 
 @triton.jit
 def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, start_m, seqlen,
-                qk_scale, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, MASK: tl.constexpr,
+                qk_scale, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, MASK: tl.constexpr,
                 UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
     rows = start_m + tl.arange(0, BLOCK_M)
-    q = _load_rows(q_base, rows, stride_qt, seqlen, HEAD_DIM, MASK, UPCAST)  # [BM, d]
-    do = _load_rows(do_base, rows, stride_dot, seqlen, HEAD_DIM, MASK, UPCAST)
+    q = _load_rows(q_base, rows, stride_qt, seqlen, HEAD_DIM, HEAD_PAD, MASK, UPCAST)  # [BM, d]
+    do = _load_rows(do_base, rows, stride_dot, seqlen, HEAD_DIM, HEAD_PAD, MASK, UPCAST)
     if MASK:  # lse = +inf makes the probabilities of rows past the end exactly 0
         lse = tl.load(lse_base + rows, mask=rows < seqlen, other=float("inf"))
         delta = tl.load(delta_base + rows, mask=rows < seqlen, other=0.0)
@@ -186,7 +195,8 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, 
 def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, cu_seqlens, num_seqs, total_tokens, seqlen_bucket,
                           qk_scale, sm_scale, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                           stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
-                          HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                          HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, UPCAST: tl.constexpr,
+                     DOT_PRECISION: tl.constexpr,
                           SEARCH_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     seq_start, seqlen, block = _locate_block(cu_seqlens, num_seqs, tl.program_id(0), BLOCK_N, SEARCH_BLOCK)
     if block * BLOCK_N >= seqlen:
@@ -194,25 +204,27 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, cu_seqlens, num_seqs,
     head = tl.program_id(1)
     first_row = seq_start.to(tl.int64)
     rows = block * BLOCK_N + tl.arange(0, BLOCK_N)
-    k = _load_rows(K + first_row * stride_kt + head * stride_kh, rows, stride_kt, seqlen, HEAD_DIM, True, UPCAST)
-    v = _load_rows(V + first_row * stride_vt + head * stride_vh, rows, stride_vt, seqlen, HEAD_DIM, True, UPCAST)
+    k = _load_rows(K + first_row * stride_kt + head * stride_kh, rows, stride_kt, seqlen, HEAD_DIM, HEAD_PAD,
+                   True, UPCAST)
+    v = _load_rows(V + first_row * stride_vt + head * stride_vh, rows, stride_vt, seqlen, HEAD_DIM, HEAD_PAD,
+                   True, UPCAST)
     q_base = Q + first_row * stride_qt + head * stride_qh
     do_base = DO + first_row * stride_dot + head * stride_doh
     lse_base = LSE + head.to(tl.int64) * total_tokens + first_row
     delta_base = DELTA + head.to(tl.int64) * total_tokens + first_row
 
-    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dk = tl.zeros([BLOCK_N, HEAD_PAD], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_PAD], dtype=tl.float32)
     full_end = (seqlen // BLOCK_M) * BLOCK_M
     for start_m in range(0, full_end, BLOCK_M):
         dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot,
-                             start_m, seqlen, qk_scale, BLOCK_M, HEAD_DIM, False, UPCAST, DOT_PRECISION)
+                             start_m, seqlen, qk_scale, BLOCK_M, HEAD_DIM, HEAD_PAD, False, UPCAST, DOT_PRECISION)
     if full_end < seqlen:
         dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot,
-                             full_end, seqlen, qk_scale, BLOCK_M, HEAD_DIM, True, UPCAST, DOT_PRECISION)
+                             full_end, seqlen, qk_scale, BLOCK_M, HEAD_DIM, HEAD_PAD, True, UPCAST, DOT_PRECISION)
 
-    cols = tl.arange(0, HEAD_DIM)[None, :]
-    in_seq = (rows < seqlen)[:, None]
+    cols = tl.arange(0, HEAD_PAD)[None, :]
+    in_seq = (rows < seqlen)[:, None] & (cols < HEAD_DIM)
     dk_ptrs = DK + first_row * stride_dkt + head * stride_dkh + rows[:, None] * stride_dkt + cols
     dv_ptrs = DV + first_row * stride_dvt + head * stride_dvh + rows[:, None] * stride_dvt + cols
     tl.store(dk_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=in_seq)
@@ -221,11 +233,11 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, cu_seqlens, num_seqs,
 
 @triton.jit
 def _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, start_n, seqlen, qk_scale,
-              BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, UPCAST: tl.constexpr,
-              DOT_PRECISION: tl.constexpr):
+              BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, MASK: tl.constexpr,
+              UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
     cols = start_n + tl.arange(0, BLOCK_N)
-    k = _load_rows(k_base, cols, stride_kt, seqlen, HEAD_DIM, MASK, UPCAST)  # [BN, d]
-    v = _load_rows(v_base, cols, stride_vt, seqlen, HEAD_DIM, MASK, UPCAST)
+    k = _load_rows(k_base, cols, stride_kt, seqlen, HEAD_DIM, HEAD_PAD, MASK, UPCAST)  # [BN, d]
+    v = _load_rows(v_base, cols, stride_vt, seqlen, HEAD_DIM, HEAD_PAD, MASK, UPCAST)
     probs = tl.math.exp2(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale - lse[:, None])
     if MASK:
         probs = tl.where((cols < seqlen)[None, :], probs, 0.0)
@@ -240,7 +252,8 @@ def _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, start
 def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, cu_seqlens, num_seqs, total_tokens, seqlen_bucket,
                         qk_scale, sm_scale, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                         stride_dot, stride_doh, stride_dqt, stride_dqh,
-                        HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                        HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, UPCAST: tl.constexpr,
+                     DOT_PRECISION: tl.constexpr,
                         SEARCH_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     seq_start, seqlen, block = _locate_block(cu_seqlens, num_seqs, tl.program_id(0), BLOCK_M, SEARCH_BLOCK)
     if block * BLOCK_M >= seqlen:
@@ -249,26 +262,28 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, cu_seqlens, num_seqs, total
     first_row = seq_start.to(tl.int64)
     rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
     in_seq = rows < seqlen
-    q = _load_rows(Q + first_row * stride_qt + head * stride_qh, rows, stride_qt, seqlen, HEAD_DIM, True, UPCAST)
-    do = _load_rows(DO + first_row * stride_dot + head * stride_doh, rows, stride_dot, seqlen, HEAD_DIM, True,
+    q = _load_rows(Q + first_row * stride_qt + head * stride_qh, rows, stride_qt, seqlen, HEAD_DIM, HEAD_PAD,
+                   True, UPCAST)
+    do = _load_rows(DO + first_row * stride_dot + head * stride_doh, rows, stride_dot, seqlen, HEAD_DIM, HEAD_PAD, True,
                     UPCAST)
     lse = tl.load(LSE + head.to(tl.int64) * total_tokens + first_row + rows, mask=in_seq, other=float("inf"))
     delta = tl.load(DELTA + head.to(tl.int64) * total_tokens + first_row + rows, mask=in_seq, other=0.0)
     k_base = K + first_row * stride_kt + head * stride_kh
     v_base = V + first_row * stride_vt + head * stride_vh
 
-    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    dq = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
     full_end = (seqlen // BLOCK_N) * BLOCK_N
     for start_n in range(0, full_end, BLOCK_N):
         dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, start_n, seqlen, qk_scale,
-                       BLOCK_N, HEAD_DIM, False, UPCAST, DOT_PRECISION)
+                       BLOCK_N, HEAD_DIM, HEAD_PAD, False, UPCAST, DOT_PRECISION)
     if full_end < seqlen:
         dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, full_end, seqlen, qk_scale,
-                       BLOCK_N, HEAD_DIM, True, UPCAST, DOT_PRECISION)
+                       BLOCK_N, HEAD_DIM, HEAD_PAD, True, UPCAST, DOT_PRECISION)
 
     dq_ptrs = DQ + first_row * stride_dqt + head * stride_dqh + rows[:, None] * stride_dqt
-    tl.store(dq_ptrs + tl.arange(0, HEAD_DIM)[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
-             mask=in_seq[:, None])
+    cols = tl.arange(0, HEAD_PAD)
+    tl.store(dq_ptrs + cols[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
+             mask=in_seq[:, None] & (cols < HEAD_DIM)[None, :])
 
 
 # ---- launch -----------------------------------------------------------------------------------------------
@@ -277,12 +292,17 @@ def _flat_grid(total_tokens: int, num_seqs: int, heads: int, block_arg: str):
     return lambda meta: (total_tokens // meta[block_arg] + num_seqs, heads)
 
 
+def _head_pad(head_dim: int) -> int:
+    # tl.arange needs a power of two and tl.dot an inner size >= 16
+    return max(16, triton.next_power_of_2(head_dim))
+
+
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor) -> None:
     if q.dim() != 3 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(f"q, k, v: expected equal [T, heads, head_dim] shapes, got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
-    if q.shape[-1] not in HEAD_DIMS:
-        raise ValueError(f"head_dim: {q.shape[-1]} is not supported by the Triton kernel (supported: {HEAD_DIMS})")
+    if not 0 < q.shape[-1] <= MAX_HEAD_DIM:
+        raise ValueError(f"head_dim: {q.shape[-1]} is not supported by the Triton kernel (at most {MAX_HEAD_DIM})")
     if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"q, k, v: expected one dtype of {SUPPORTED_DTYPES}, got {q.dtype}, {k.dtype}, {v.dtype}")
     if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
@@ -300,8 +320,8 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: in
         q, k, v, out, lse, cu_seqlens, num_seqs, total_tokens, seqlen_bucket(max_seqlen),
         LOG2_E / math.sqrt(head_dim),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
-        HEAD_DIM=head_dim, UPCAST=upcast_tiles(q.dtype), DOT_PRECISION=dot_precision(q.dtype),
-        SEARCH_BLOCK=SEARCH_BLOCK)
+        HEAD_DIM=head_dim, HEAD_PAD=_head_pad(head_dim), UPCAST=upcast_tiles(q.dtype),
+        DOT_PRECISION=dot_precision(q.dtype), SEARCH_BLOCK=SEARCH_BLOCK)
     return out, lse
 
 
@@ -311,14 +331,14 @@ def _backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: T
     num_seqs = cu_seqlens.numel() - 1
     sm_scale = 1.0 / math.sqrt(head_dim)
     bucket = seqlen_bucket(max_seqlen)
-    common = dict(HEAD_DIM=head_dim, UPCAST=upcast_tiles(q.dtype), DOT_PRECISION=dot_precision(q.dtype),
-        SEARCH_BLOCK=SEARCH_BLOCK)
+    common = dict(HEAD_DIM=head_dim, HEAD_PAD=_head_pad(head_dim), UPCAST=upcast_tiles(q.dtype),
+                  DOT_PRECISION=dot_precision(q.dtype), SEARCH_BLOCK=SEARCH_BLOCK)
 
     delta = _utils.empty(tuple(lse.shape), torch.float32, q.device)  # [heads, T]
     block_t = 64
     _bwd_delta_kernel[(triton.cdiv(total_tokens, block_t), heads)](
         out, dout, delta, total_tokens, out.stride(0), out.stride(1), dout.stride(0), dout.stride(1),
-        HEAD_DIM=head_dim, BLOCK_T=block_t)
+        HEAD_DIM=head_dim, HEAD_PAD=_head_pad(head_dim), BLOCK_T=block_t)
 
     dq, dk, dv = (_utils.empty((total_tokens, heads, head_dim), q.dtype, q.device) for _ in range(3))
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),

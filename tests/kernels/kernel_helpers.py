@@ -10,7 +10,7 @@ DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA: too slow for Triton's CPU interpreter")
 
 FP32_ATOL, FP32_RTOL = 2e-5, 2e-4
-ERROR_FLOOR = 1e-5  # absolute slack where the low-precision reference happens to be exact (e.g. length 1)
+CANCELLATION = 1e-6  # absolute; far below fp16/bf16 resolution at the O(1) scale of the test tensors
 
 
 def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -29,7 +29,15 @@ def check_accuracy(name: str, kernel: torch.Tensor, exact: torch.Tensor, same_ma
         bound = FP32_ATOL + FP32_RTOL * exact.abs().max().item()
         assert error <= bound, f"{name}: fp32 max error {error:.3g} > {bound:.3g}"
         return
+    if kernel.dtype == torch.bfloat16 and not HAS_CUDA:
+        # Triton's interpreter converts fp32 -> bf16 on store by truncation (round toward zero, up to 1 ulp),
+        # GPUs round to nearest (1/2 ulp): the same kernel result may sit twice as far from the exact answer.
+        factor *= 2
     baseline = max_error(same_math_low_precision, exact)
-    bound = factor * baseline + ERROR_FLOOR
+    # plus one unit of the last place at the largest magnitude: storing the result rounds once, and with few
+    # elements (a 1x1 GLU) PyTorch's error can be 0 by luck. CANCELLATION covers exact zeros: a 1-token
+    # sequence has dq == 0, which the kernel reaches as dp - delta, two fp32 sums of the same products.
+    slack = torch.finfo(kernel.dtype).eps * exact.abs().max().item() + CANCELLATION
+    bound = factor * baseline + slack
     assert error <= bound, (f"{name}: {kernel.dtype} max error {error:.3g} > {factor} x {baseline:.3g} "
-                            f"(PyTorch in {kernel.dtype}) + {ERROR_FLOOR}")
+                            f"(PyTorch in {kernel.dtype}) + {slack:.3g}")
