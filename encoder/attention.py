@@ -58,9 +58,47 @@ def _try_load(name: str) -> AttentionFn | None:
 
 def is_available(name: str, device: torch.device | str) -> bool:
     backend = _REGISTRY.get(name)
-    if backend is None or torch.device(device).type not in backend.devices:
+    if backend is None:
         return False
-    return _try_load(name) is not None
+    device_type = torch.device(device).type
+    devices = backend.devices + (("cpu",) if name == "triton" and triton_interpreter() else ())
+    return device_type in devices and _try_load(name) is not None
+
+
+def triton_interpreter() -> bool:
+    """Triton's interpreter runs kernels on CPU tensors: how CI tests them. Read at call time, so the order
+    in which modules and test fixtures set TRITON_INTERPRET does not matter."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+_TRITON_KERNELS: bool | None = None
+
+
+def triton_kernels_importable() -> bool:
+    """Whether our Triton kernels (kernels/) import here: the one import guard for them."""
+    global _TRITON_KERNELS
+    if _TRITON_KERNELS is None:
+        try:
+            import kernels.geglu  # noqa: F401, PLC0415
+            import kernels.rope  # noqa: F401, PLC0415
+
+            _TRITON_KERNELS = True
+        except ImportError:
+            _TRITON_KERNELS = False
+    return _TRITON_KERNELS
+
+
+def use_triton_kernel(impl: str, x: Tensor) -> bool:
+    """Decide `impl` (auto | torch | triton) for a fused elementwise kernel on tensor `x`.
+
+    auto = Triton on CUDA when importable; on CPU the interpreter is a test vehicle, never a default."""
+    if impl == "torch":
+        return False
+    if impl == "triton":
+        if not (x.is_cuda or triton_interpreter()):
+            raise ValueError("triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 for the CPU interpreter)")
+        return True
+    return x.is_cuda and triton_kernels_importable()
 
 
 def available_backends(device: torch.device | str) -> list[str]:
@@ -198,8 +236,7 @@ def _load_triton() -> AttentionFn:
 
 register_backend("reference", lambda: reference_attention, devices=("cpu", "cuda"))
 register_backend("sdpa", lambda: sdpa_attention, devices=("cpu", "cuda"))
-# Under TRITON_INTERPRET=1 the Triton kernels also run (slowly) on CPU tensors: that is how CI tests them.
-register_backend("triton", _load_triton,
-                 devices=("cuda", "cpu") if os.environ.get("TRITON_INTERPRET") == "1" else ("cuda",))
+# ...and on CPU tensors under TRITON_INTERPRET=1 (see is_available)
+register_backend("triton", _load_triton, devices=("cuda",))
 register_backend("flash", _load_flash, devices=("cuda",))
 register_backend("xformers", _load_xformers, devices=("cuda",))

@@ -41,6 +41,7 @@ class ModelConfig:
     initializer_range: float = 0.02
     attention_backend: str = "auto"  # see encoder.attention: reference, sdpa, triton, flash, xformers, auto
     rope_impl: str = "auto"  # torch or triton (fused kernel); auto = triton on CUDA when importable
+    glu_impl: str = "auto"  # the GLU activation*up product: torch or triton (fused fwd/bwd kernel); auto as above
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -73,8 +74,9 @@ class ModelConfig:
             raise ValueError(f"model.hidden_dropout: must be in [0, 1), got {self.hidden_dropout}")
         if self.type_vocab_size < 0:
             raise ValueError(f"model.type_vocab_size: must be >= 0, got {self.type_vocab_size}")
-        if self.rope_impl not in ("auto", "torch", "triton"):
-            raise ValueError(f"model.rope_impl: expected auto, torch or triton, got {self.rope_impl!r}")
+        for name in ("rope_impl", "glu_impl"):
+            if getattr(self, name) not in ("auto", "torch", "triton"):
+                raise ValueError(f"model.{name}: expected auto, torch or triton, got {getattr(self, name)!r}")
 
 
 # ---- generic loading --------------------------------------------------------------------------------------

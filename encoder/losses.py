@@ -179,17 +179,18 @@ def concat_trm(outputs: Sequence[TRMOutput]) -> TRMOutput:
 
 
 def global_pair_loss(queries: TRMOutput, positives: TRMOutput, negatives: TRMOutput | None,
-                     outputs: Sequence[OutputLoss], gather: bool = True) -> LossOutput:
+                     outputs: Sequence[OutputLoss], gather: bool = True, mask: Tensor | None = None) -> LossOutput:
     """The full-batch loss over every rank's queries, positives and hard negatives.
 
     Local rows: queries `[b]`, positives `[b]` (row i answers query i), negatives `[m]` (any number, may be
     None for in-batch-only pre-training). After gathering, documents are [all positives ; all negatives].
+    `mask` (True = not a negative, e.g. the same text as the positive) is over the gathered matrix.
     """
     if gather:
         queries, positives = gather_trm(queries), gather_trm(positives)
         negatives = gather_trm(negatives) if negatives is not None else None
     docs = positives if negatives is None else concat_trm([positives, negatives])
-    return contrastive_loss(queries, docs, outputs)
+    return contrastive_loss(queries, docs, outputs, mask=mask)
 
 
 def ddp_loss_scale(gathered: bool) -> float:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .attention import use_triton_kernel
+
 
 def rope_inv_freq(head_dim: int, theta: float, ntk_factor: float = 1.0,
                   device: torch.device | str = "cpu") -> Tensor:
@@ -63,34 +65,12 @@ class RotaryEmbedding(nn.Module):
             self.ntk_factor = ntk_factor
         self._build(self.cos_table.device)
 
-    def _use_triton(self, q: Tensor) -> bool:
-        if self.impl == "torch":
-            return False
-        if self.impl == "triton":
-            return True
-        return q.is_cuda and _triton_rope_available()
-
     def forward(self, q: Tensor, k: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
         """q, k `[T, heads, d]` -> rotated q, k (new tensors; inputs are left as they are)."""
-        if self._use_triton(q):
+        if use_triton_kernel(self.impl, q):
             from kernels.rope import fused_rope  # noqa: PLC0415  (needs triton)
 
             return fused_rope(q, k, self.cos_table, self.sin_table, position_ids)
         cos = self.cos_table[position_ids].to(q.dtype)
         sin = self.sin_table[position_ids].to(q.dtype)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-
-
-_TRITON_ROPE: bool | None = None
-
-
-def _triton_rope_available() -> bool:
-    global _TRITON_ROPE
-    if _TRITON_ROPE is None:
-        try:
-            import kernels.rope  # noqa: F401, PLC0415
-
-            _TRITON_ROPE = True
-        except ImportError:
-            _TRITON_ROPE = False
-    return _TRITON_ROPE

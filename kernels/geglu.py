@@ -25,9 +25,9 @@ from torch import Tensor
 from . import _utils
 from ._utils import SUPPORTED_DTYPES
 
-ACTIVATIONS = ("gelu", "gelu_tanh", "silu")
-BLOCK_T = 4  # rows per program
-BLOCK_I = 1024  # columns per program: 4 x 1024 elements, 16 per thread at 4 warps
+GLU_ACTIVATIONS = ("gelu", "gelu_tanh", "silu")
+GLU_BLOCK_T = 4  # rows per program
+GLU_BLOCK_I = 1024  # columns per program: 4 x 1024 elements, 16 per thread at 4 warps
 _INV_SQRT2 = tl.constexpr(1.0 / math.sqrt(2.0))
 _INV_SQRT_2PI = tl.constexpr(1.0 / math.sqrt(2.0 * math.pi))
 _SQRT_2_OVER_PI = tl.constexpr(math.sqrt(2.0 / math.pi))
@@ -89,7 +89,7 @@ def _glu_bwd_kernel(UP_GATE, GRAD_OUT, GRAD_IN, total_rows, width, stride_in, st
 
 
 def _grid(total_rows: int, width: int) -> tuple[int, int]:
-    return triton.cdiv(total_rows, BLOCK_T), triton.cdiv(width, BLOCK_I)
+    return triton.cdiv(total_rows, GLU_BLOCK_T), triton.cdiv(width, GLU_BLOCK_I)
 
 
 class FusedGLU(torch.autograd.Function):
@@ -100,7 +100,7 @@ class FusedGLU(torch.autograd.Function):
         total_rows, width = up_gate.shape[0], up_gate.shape[1] // 2
         out = _utils.empty((total_rows, width), up_gate.dtype, up_gate.device)
         _glu_fwd_kernel[_grid(total_rows, width)](up_gate, out, total_rows, width, up_gate.stride(0), out.stride(0),
-                                                  ACTIVATION=activation, BLOCK_T=BLOCK_T, BLOCK_I=BLOCK_I)
+                                                  ACTIVATION=activation, BLOCK_T=GLU_BLOCK_T, BLOCK_I=GLU_BLOCK_I)
         ctx.save_for_backward(up_gate)
         ctx.activation = activation
         return out
@@ -114,14 +114,14 @@ class FusedGLU(torch.autograd.Function):
         grad_in = _utils.empty((total_rows, 2 * width), up_gate.dtype, up_gate.device)
         _glu_bwd_kernel[_grid(total_rows, width)](up_gate, grad_out, grad_in, total_rows, width, up_gate.stride(0),
                                                   grad_out.stride(0), grad_in.stride(0), ACTIVATION=ctx.activation,
-                                                  BLOCK_T=BLOCK_T, BLOCK_I=BLOCK_I)
+                                                  BLOCK_T=GLU_BLOCK_T, BLOCK_I=GLU_BLOCK_I)
         return grad_in, None
 
 
 def glu(up_gate: Tensor, activation: str = "gelu") -> Tensor:
     """`[T, 2I]` -> act(gate) * up `[T, I]` (up = first I columns, gate = last I), differentiable."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+    if activation not in GLU_ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {GLU_ACTIVATIONS}, got {activation!r}")
     if up_gate.dim() != 2 or up_gate.shape[1] % 2:
         raise ValueError(f"up_gate: expected [T, 2I], got shape {tuple(up_gate.shape)}")
     if up_gate.dtype not in SUPPORTED_DTYPES:

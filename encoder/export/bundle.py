@@ -2,7 +2,7 @@
 
     modeling_longenc.py   encoder/{batch,attention,rope,config,model,heads}.py + export/hf_modeling.py, one file
     sentence_longenc.py   export/st_modules.py (the sparse sentence-transformers module), importing the above
-    longenc_triton.py     kernels/{_utils,rope,attention}.py when present (optional GPU fast path)
+    longenc_triton.py     kernels/{_utils,rope,attention,geglu}.py when present (optional GPU fast path)
 
 The transformation is mechanical and checked: package-relative imports are dropped (every name then lives in the
 one file; a name defined twice is an error, not a silent shadowing), top-level imports are hoisted and de-duplicated,
@@ -20,7 +20,7 @@ from pathlib import Path
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the repository root (holds encoder/ and kernels/)
 ENCODER_MODULES = ("encoder/batch.py", "encoder/attention.py", "encoder/rope.py", "encoder/config.py",
                    "encoder/model.py", "encoder/heads.py", "encoder/export/hf_modeling.py")
-KERNEL_MODULES = ("kernels/_utils.py", "kernels/rope.py", "kernels/attention.py")
+KERNEL_MODULES = ("kernels/_utils.py", "kernels/rope.py", "kernels/attention.py", "kernels/geglu.py")
 MODELING_FILE = "modeling_longenc.py"
 SENTENCE_FILE = "sentence_longenc.py"
 TRITON_FILE = "longenc_triton.py"

@@ -32,7 +32,8 @@ logger = logging.getLogger(__name__)
 
 TaskModel = MaskedLM | TextRepresentationModel | Reranker
 ARCHITECTURES = {"mlm": "LongEncForMaskedLM", "trm": "LongEncModel", "reranker": "LongEncForSequenceClassification"}
-RUNTIME_DEFAULTS = {"attention_backend": "auto", "rope_impl": "auto", "gradient_checkpointing": False}
+RUNTIME_DEFAULTS = {"attention_backend": "auto", "rope_impl": "auto", "glu_impl": "auto",
+                    "gradient_checkpointing": False}
 SPARSE_SUBDIR = "sparse"
 SPARSE_MODULE_DIR = "1_SparsePooling"
 

@@ -17,13 +17,7 @@ TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 
 
 @pytest.fixture
-def triton_backend_here(monkeypatch):
-    """encoder.attention decides at import whether `triton` may run on CPU (TRITON_INTERPRET=1). If another
-    test module imported it before this folder's conftest set the variable, register the CPU path again."""
-    backend = attention_registry._REGISTRY["triton"]
-    if DEVICE.type not in backend.devices:
-        monkeypatch.setitem(attention_registry._REGISTRY, "triton",
-                            attention_registry.Backend("triton", backend.load, (*backend.devices, DEVICE.type)))
+def triton_backend_here():
     assert attention_registry.is_available("triton", DEVICE)
 
 
@@ -36,7 +30,8 @@ def run_model(model: Encoder, batch: UnpaddedBatch, grad_out: torch.Tensor):
 
 def test_tiny_encoder_triton_matches_reference(triton_backend_here):
     config = load_config(ModelConfig, TINY, section="model")
-    config.attention_backend, config.rope_impl, config.hidden_dropout = "reference", "torch", 0.0
+    config.attention_backend, config.rope_impl, config.glu_impl = "reference", "torch", "torch"
+    config.hidden_dropout = 0.0
     torch.manual_seed(0)
     model = Encoder(config).to(DEVICE)
     generator = torch.Generator().manual_seed(0)
@@ -48,6 +43,8 @@ def test_tiny_encoder_triton_matches_reference(triton_backend_here):
     expected, expected_grads = run_model(model, batch, grad_out)
     model.set_attention_backend("triton")
     model.rotary.impl = "triton"
+    for layer in model.layers:  # all three kernels: attention, RoPE, GLU
+        layer.mlp.impl = "triton"
     assert model.resolved_attention_backend(DEVICE) == "triton"
     actual, actual_grads = run_model(model, batch, grad_out)
 

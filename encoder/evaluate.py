@@ -1,0 +1,297 @@
+"""Retrieval evaluation on a BEIR-layout set: dense, sparse, hybrid, dense-then-rerank, and a BM25 baseline.
+
+    python -m encoder.evaluate --beir runs/data/embedded/tiny-seed0/beir --trm runs/tiny_trm_ft/final \
+        --reranker runs/tiny_reranker/final --untrained-baseline --out runs/eval
+
+Metrics: nDCG@10, recall@100, MRR@10 (encoder.metrics), over all judged queries and per language (the
+query's `lang`) and per script group. The hybrid weight γ (s = dense + γ·sparse) is chosen on the dev
+split when there is one (else it is reported as not tuned: γ from --gamma). BM25 is `bm25s` over the
+model's tokenizer pieces. Writes results.json, results.md and matryoshka.png (nDCG@10 by dense width).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from data_prep.beir import BeirData, read_beir
+from data_prep.embedded import dominant_script
+
+from .heads import Reranker, TextRepresentationModel, sparse_scores
+from .inference import Encoded, encode, score_pairs
+from .metrics import mean_metrics
+
+GAMMA_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+Run = dict[str, list[str]]
+
+
+@dataclass
+class EncodedSet:
+    query_ids: list[str]
+    doc_ids: list[str]
+    queries: Encoded
+    docs: Encoded
+
+
+def doc_text(doc: dict[str, str]) -> str:
+    return f"{doc['title']} {doc['text']}".strip() if doc.get("title") else doc["text"]
+
+
+def encode_set(model: TextRepresentationModel, tokenizer, data: BeirData, query_ids: Sequence[str],
+               max_length: int | None = None) -> EncodedSet:
+    doc_ids = list(data.corpus)
+    queries = encode(model, tokenizer, [data.queries[q]["text"] for q in query_ids], sparse=True,
+                     sparse_format="ids", max_length=max_length)
+    docs = encode(model, tokenizer, [doc_text(data.corpus[d]) for d in doc_ids], sparse=True, sparse_format="ids",
+                  max_length=max_length)
+    return EncodedSet(list(query_ids), doc_ids, queries, docs)
+
+
+# ---- scoring and ranking ---------------------------------------------------------------------------------
+def score_matrix(encoded: EncodedSet, dense_weight: float = 1.0, sparse_weight: float = 0.0,
+                 dim: int | None = None) -> Tensor:
+    """`[Nq, Nd]` = dense_weight · cos (at Matryoshka width `dim`) + sparse_weight · lexical score."""
+    scores = torch.zeros(len(encoded.query_ids), len(encoded.doc_ids))
+    if dense_weight:
+        q, d = encoded.queries.dense, encoded.docs.dense
+        if dim is not None:
+            q, d = torch.nn.functional.normalize(q[:, :dim], dim=-1), torch.nn.functional.normalize(d[:, :dim], dim=-1)
+        scores += dense_weight * (q @ d.T)
+    if sparse_weight:
+        scores += sparse_weight * sparse_scores(encoded.queries.sparse, encoded.docs.sparse)
+    return scores
+
+
+def rank(scores: Tensor, query_ids: Sequence[str], doc_ids: Sequence[str], depth: int = 100) -> Run:
+    k = min(depth, scores.shape[1])
+    top = torch.topk(scores, k, dim=1).indices.tolist()
+    return {q: [doc_ids[i] for i in row] for q, row in zip(query_ids, top)}
+
+
+def bm25_run(data: BeirData, tokenizer, query_ids: Sequence[str], depth: int = 100) -> Run:
+    """BM25 (bm25s, Lucene variant) over the model tokenizer's pieces, so every script is split alike."""
+    import bm25s
+
+    doc_ids = list(data.corpus)
+
+    def pieces(texts: list[str]) -> list[list[str]]:
+        backend = tokenizer.backend_tokenizer
+        return [enc.tokens for enc in backend.encode_batch(texts, add_special_tokens=False)]
+
+    retriever = bm25s.BM25()
+    retriever.index(pieces([doc_text(data.corpus[d]) for d in doc_ids]), show_progress=False)
+    query_pieces = pieces([data.queries[q]["text"] for q in query_ids])
+    results = retriever.retrieve(query_pieces, k=min(depth, len(doc_ids)), show_progress=False)
+    return {q: [doc_ids[i] for i in row] for q, row in zip(query_ids, results.documents.tolist())}
+
+
+def rerank_run(reranker: Reranker, tokenizer, data: BeirData, first_stage: Run, top_k: int,
+               max_length: int | None = None) -> Run:
+    """Re-order each query's first `top_k` documents by the cross-encoder; the rest keep their order."""
+    pairs, owners = [], []
+    for q, docs in first_stage.items():
+        for d in docs[:top_k]:
+            pairs.append((data.queries[q]["text"], doc_text(data.corpus[d])))
+            owners.append((q, d))
+    scores = score_pairs(reranker, tokenizer, pairs, max_length=max_length).tolist()
+    by_query: dict[str, list[tuple[float, str]]] = {}
+    for (q, d), s in zip(owners, scores):
+        by_query.setdefault(q, []).append((s, d))
+    return {q: [d for _, d in sorted(by_query.get(q, []), key=lambda x: -x[0])] + docs[top_k:]
+            for q, docs in first_stage.items()}
+
+
+# ---- breakdowns -------------------------------------------------------------------------------------------
+def query_groups(data: BeirData, query_ids: Sequence[str]) -> dict[str, list[str]]:
+    """"all", "lang:<code>" per query language, and "script:<name>" per dominant script of a language."""
+    by_lang: dict[str, list[str]] = {}
+    for q in query_ids:
+        by_lang.setdefault(data.queries[q].get("lang", "und"), []).append(q)
+    groups = {"all": list(query_ids)}
+    scripts: dict[str, list[str]] = {}
+    for lang in sorted(by_lang):
+        groups[f"lang:{lang}"] = by_lang[lang]
+        script = dominant_script(" ".join(data.queries[q]["text"] for q in by_lang[lang]))
+        scripts.setdefault(f"script:{script.lower()}", []).extend(by_lang[lang])
+    return {**groups, **dict(sorted(scripts.items()))}
+
+
+def grouped_metrics(run: Run, qrels: dict, groups: dict[str, list[str]]) -> dict[str, dict[str, float]]:
+    return {name: mean_metrics(run, qrels, ids) for name, ids in groups.items()}
+
+
+def search_gamma(encoded: EncodedSet, qrels: dict, grid: Sequence[float] = GAMMA_GRID) -> tuple[float, dict]:
+    """γ maximising mean nDCG@10 of dense + γ·sparse on `encoded` (the dev queries)."""
+    curve = {}
+    for gamma in grid:
+        run = rank(score_matrix(encoded, 1.0, gamma), encoded.query_ids, encoded.doc_ids)
+        curve[gamma] = mean_metrics(run, qrels)["ndcg@10"]
+    best = max(curve, key=lambda g: (curve[g], -g))
+    return best, curve
+
+
+# ---- the whole evaluation ------------------------------------------------------------------------------
+def evaluate_trm(model: TextRepresentationModel, tokenizer, data: BeirData, split: str = "test",
+                 dev_split: str = "dev", gamma: float = 0.1, max_length: int | None = None,
+                 dims: Sequence[int] = ()) -> dict[str, Any]:
+    """Dense / sparse / hybrid runs and metrics of one TRM on `split`; γ tuned on `dev_split` if present."""
+    qrels = data.qrels[split]
+    query_ids = sorted(qrels)
+    tuned_on = None
+    if dev_split in data.qrels and dev_split != split:
+        gamma, curve = search_gamma(encode_set(model, tokenizer, data, sorted(data.qrels[dev_split]), max_length),
+                                    data.qrels[dev_split])
+        tuned_on = {"split": dev_split, "ndcg@10_by_gamma": curve}
+    encoded = encode_set(model, tokenizer, data, query_ids, max_length)
+    runs = {"dense": rank(score_matrix(encoded), query_ids, encoded.doc_ids),
+            "sparse": rank(score_matrix(encoded, 0.0, 1.0), query_ids, encoded.doc_ids),
+            "hybrid": rank(score_matrix(encoded, 1.0, gamma), query_ids, encoded.doc_ids)}
+    groups = query_groups(data, query_ids)
+    matryoshka = {d: mean_metrics(rank(score_matrix(encoded, dim=d), query_ids, encoded.doc_ids), qrels)["ndcg@10"]
+                  for d in dims}
+    return {"runs": runs, "metrics": {name: grouped_metrics(run, qrels, groups) for name, run in runs.items()},
+            "gamma": gamma, "gamma_tuning": tuned_on, "matryoshka_ndcg@10": matryoshka}
+
+
+def plot_matryoshka(curves: dict[str, dict[int, float]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, curve in curves.items():
+        dims = sorted(curve)
+        ax.plot(dims, [curve[d] for d in dims], marker="o", label=label)
+    ax.set_xlabel("dense dimensions (Matryoshka prefix)")
+    ax.set_ylabel("nDCG@10")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def markdown_table(results: dict[str, dict[str, dict[str, float]]], metric: str = "ndcg@10") -> str:
+    """Rows = systems, columns = query groups, cells = `metric`."""
+    groups = list(next(iter(results.values())))
+    lines = [f"| {metric} | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
+    for system, by_group in results.items():
+        lines.append(f"| {system} | " + " | ".join(f"{by_group[g][metric]:.3f}" for g in groups) + " |")
+    counts = next(iter(results.values()))
+    lines.append("| queries | " + " | ".join(str(int(counts[g]["queries"])) for g in groups) + " |")
+    return "\n".join(lines)
+
+
+def run_evaluation(data: BeirData, tokenizer, trm: TextRepresentationModel | None = None,
+                   reranker: Reranker | None = None, untrained: TextRepresentationModel | None = None,
+                   split: str = "test", rerank_top_k: int = 100, gamma: float = 0.1, max_length: int | None = None,
+                   dims: Sequence[int] = (), bm25: bool = True, out_dir: Path | None = None,
+                   progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every system on one split; writes results.json / results.md / matryoshka.png when `out_dir` is given."""
+    qrels = data.qrels[split]
+    query_ids = sorted(qrels)
+    groups = query_groups(data, query_ids)
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    report: dict[str, Any] = {"split": split, "queries": len(query_ids), "corpus": len(data.corpus)}
+    curves = {}
+    for label, model in (("untrained", untrained), ("", trm)):
+        if model is None:
+            continue
+        progress(f"encoding with the {label or 'trained'} TRM")
+        result = evaluate_trm(model, tokenizer, data, split, gamma=gamma, max_length=max_length, dims=dims)
+        prefix = f"{label} " if label else ""
+        for name, metrics in result["metrics"].items():
+            table[f"{prefix}{name}"] = metrics
+        report[f"{prefix}gamma".strip()] = result["gamma"]
+        report[f"{prefix}gamma_tuning".strip()] = result["gamma_tuning"]
+        if dims:
+            curves[label or "trained"] = result["matryoshka_ndcg@10"]
+        if model is trm and reranker is not None:
+            progress(f"reranking the dense top-{rerank_top_k}")
+            reranked = rerank_run(reranker, tokenizer, data, result["runs"]["dense"], rerank_top_k, max_length)
+            table[f"dense + rerank@{rerank_top_k}"] = grouped_metrics(reranked, qrels, groups)
+    if bm25:
+        table["bm25"] = grouped_metrics(bm25_run(data, tokenizer, query_ids), qrels, groups)
+    report["results"] = table
+    report["matryoshka_ndcg@10"] = {k: {str(d): v for d, v in c.items()} for k, c in curves.items()}
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "results.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+        md = "\n\n".join(f"### {m}\n\n{markdown_table(table, m)}" for m in ("ndcg@10", "recall@100", "mrr@10"))
+        (out_dir / "results.md").write_text(md + "\n", encoding="utf-8")
+        if curves:
+            plot_matryoshka(curves, out_dir / "matryoshka.png")
+    return report
+
+
+# ---- command line ---------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m encoder.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--beir", required=True, help="BEIR directory (corpus.jsonl, queries.jsonl, qrels/)")
+    parser.add_argument("--trm", help="a TRM final/ directory (encoder.train_contrastive)")
+    parser.add_argument("--reranker", help="a reranker final/ directory (encoder.train_reranker)")
+    parser.add_argument("--tokenizer", help="tokenizer directory (default: the model's own copy)")
+    parser.add_argument("--split", default="test", help="qrels split to report (default test)")
+    parser.add_argument("--gamma", type=float, default=0.1, help="hybrid sparse weight when there is no dev split")
+    parser.add_argument("--rerank-top-k", type=int, default=100, help="dense candidates the reranker re-orders")
+    parser.add_argument("--max-length", type=int, default=None, help="token budget per text / pair")
+    parser.add_argument("--untrained-baseline", action="store_true",
+                        help="also score a randomly initialised TRM of the same shape (seed 0)")
+    parser.add_argument("--no-bm25", action="store_true", help="skip the BM25 baseline")
+    parser.add_argument("--out", default="runs/eval", help="output directory (results.json, results.md, png)")
+    parser.add_argument("--device", default="cpu")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from data_prep.tokenizer import load_tokenizer
+
+    from .train_contrastive import load_final
+
+    args = build_parser().parse_args(argv)
+    if not args.trm and not args.reranker:
+        print("error: give --trm and/or --reranker", file=sys.stderr)
+        return 2
+    try:
+        data = read_beir(args.beir, splits=(args.split, "dev"), required=(args.split,))
+        trm = reranker = untrained = tokenizer = None
+        dims: list[int] = []
+        if args.trm:
+            trm, tokenizer, info = load_final(args.trm)
+            trm.to(args.device)
+            dims = info.get("matryoshka_dims", [])
+            if args.untrained_baseline:
+                torch.manual_seed(0)
+                untrained = TextRepresentationModel(trm.config, tuple(info["special_token_ids"])).to(args.device)
+        if args.reranker:
+            reranker, rr_tokenizer, _ = load_final(args.reranker)
+            reranker.to(args.device)
+            tokenizer = tokenizer or rr_tokenizer
+        if args.tokenizer:
+            tokenizer = load_tokenizer(args.tokenizer)
+        if trm is None:
+            print("error: --reranker needs a first stage: give --trm too", file=sys.stderr)
+            return 2
+        report = run_evaluation(data, tokenizer, trm, reranker, untrained, args.split, args.rerank_top_k, args.gamma,
+                                args.max_length, dims, not args.no_bm25, Path(args.out))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(markdown_table(report["results"]))
+    print(f"wrote {Path(args.out) / 'results.json'}, results.md" + (", matryoshka.png" if dims else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,522 @@
+"""Contrastive training of the TRM (dense + sparse) from an MLM checkpoint: pre-training and fine-tuning.
+
+    python -m encoder.train_contrastive --config configs/trm_cpt.yaml data.pairs=runs/pairs.jsonl \
+        data.tokenizer=runs/tokenizer train.init_from=runs/mlm_stage2
+    python -m encoder.train_contrastive --config configs/trm_ft.yaml train.init_from=runs/trm_cpt/final \
+        data.negatives_from=runs/trm_cpt/final
+    torchrun --nproc_per_node 8 -m encoder.train_contrastive --config configs/trm_ft.yaml
+
+CPT (weak pairs): in-batch negatives only, one source per batch, dense loss (τ 0.01). FT: 1 positive +
+hard negatives per query, Matryoshka dense terms + the sparse term. A step's batch (queries, positives,
+negatives) is encoded in length-sorted sub-batches of at most `data.sub_batch_tokens` tokens with gradient
+caching: all sub-batches without grad -> full-batch loss and its gradient wrt the representations ->
+each sub-batch again with grad, back-propagating the cached gradient (same dropout masks). Activation
+memory is one sub-batch whatever the batch size.
+
+The run directory holds checkpoints (encoder.checkpoint) and `final/`: model.pt, model.yaml (the model
+config *for inference*: with revNTK the trained base θ/f and NTK factor f), inference.json, tokenizer/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from data_prep.pairs import PairRecord, mine_hard_negatives, read_pairs
+from data_prep.sampling import sampling_probabilities
+from data_prep.tokenizer import load_tokenizer, special_ids
+
+from .batch import UnpaddedBatch
+from .checkpoint import CheckpointError, CheckpointManager, resolve_checkpoint
+from .config import ModelConfig, config_field, load_config, save_config
+from .distributed import DistEnv, all_gather_variable, barrier, init_distributed, seed_everything
+from .heads import TextRepresentationModel, TRMOutput
+from .inference import length_batches, tokenize_texts
+from .losses import LossConfig, LossOutput, build_output_losses, concat_trm, global_pair_loss, select_rows
+from .train_mlm import CheckpointConfig, LogConfig, OptimConfig
+from .training import NonFiniteGuard, NonFiniteLossError, Progress, TrainLogger, build_engine, build_optimizer, lr_at
+
+
+# ---- the run config ----------------------------------------------------------------------------------------
+@dataclass
+class PairDataConfig:
+    pairs: str = "runs/pairs.jsonl"  # data_prep.pairs jsonl (query, positive, negatives, langs, source)
+    tokenizer: str = "runs/tokenizer"  # a saved HF tokenizer directory (data_prep.tokenizer)
+    max_query_length: int = 512  # mGTE CPT: queries 512, documents 1024 tokens
+    max_doc_length: int = 1024
+    batch_size: int = 64  # queries per rank per step
+    num_hard_negatives: int = 0  # per query; 0 = in-batch negatives only (CPT)
+    group_by: str = "source"  # one group per batch: source, query_lang, or none
+    alpha: float = 0.5  # group sampling ∝ size^α (mGTE's rule)
+    sub_batch_tokens: int = 16384  # gradient-cache sub-batch budget (tokens)
+    grad_cache: bool = True  # False: one forward over the whole batch (with model.gradient_checkpointing if set)
+    negatives_from: str = ""  # a TRM `final/` dir: mine hard negatives with it before training
+    mining_rank_window: tuple[int, int] = (3, 30)  # skip the top ranks (likely unlabelled positives)
+
+
+@dataclass
+class ContrastiveTrainConfig:
+    max_steps: int = 1000
+    precision: str = "bf16"
+    seed: int = 0
+    device: str = "auto"
+    engine: str = "plain"
+    deepspeed_config: str = "launch/deepspeed/zero1.json"
+    init_from: str = ""  # MLM checkpoint / run dir (encoder weights; heads fresh) or a TRM final/ dir
+    revntk_factor: float = 1.0  # > 1: train at rope_theta / f, saved for inference as (θ/f, NTK f) (mGTE: 8)
+    max_nonfinite: int = 5
+
+
+@dataclass
+class TRMRunConfig:
+    model: ModelConfig = config_field(ModelConfig)
+    data: PairDataConfig = config_field(PairDataConfig)
+    loss: LossConfig = config_field(LossConfig)
+    optim: OptimConfig = config_field(OptimConfig)
+    train: ContrastiveTrainConfig = config_field(ContrastiveTrainConfig)
+    checkpoint: CheckpointConfig = config_field(CheckpointConfig)
+    log: LogConfig = config_field(LogConfig)
+
+
+# ---- weights in and out ------------------------------------------------------------------------------------
+def load_encoder_weights(model: torch.nn.Module, source: str | Path) -> str:
+    """Encoder weights from an MLM checkpoint / run dir or a `final/` dir; heads keep their fresh init unless
+    the source has the same kind of head. Returns what was loaded, for the log."""
+    path = Path(source)
+    if (path / "model.pt").is_file() and (path / "inference.json").is_file():
+        weights = path / "model.pt"  # a TRM / reranker final directory
+    else:
+        weights = resolve_checkpoint(path) / "model.pt"
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    encoder_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    if not encoder_state:
+        raise CheckpointError(f"{weights}: no encoder.* weights")
+    model.encoder.load_state_dict(encoder_state)  # strict: a shape or name mismatch names the key
+    head_state = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
+    own = model.head.state_dict()
+    if head_state and set(head_state) == set(own) and all(v.shape == own[k].shape for k, v in head_state.items()):
+        model.head.load_state_dict(head_state)
+        return f"{weights} (encoder + head)"
+    return f"{weights} (encoder; head freshly initialised)"
+
+
+def inference_model_config(model_config: ModelConfig, revntk_factor: float) -> ModelConfig:
+    """revNTK: trained at base θ/f; served with (θ/f, NTK f), which restores θ's long-context behaviour."""
+    if revntk_factor == 1.0:
+        return model_config
+    return replace(model_config, rope_theta=model_config.rope_theta / revntk_factor, rope_ntk_factor=revntk_factor)
+
+
+def save_final(directory: Path, model: torch.nn.Module, model_config: ModelConfig, tokenizer_dir: str | Path,
+               info: dict[str, Any]) -> Path:
+    """`final/`: weights, inference model config, tokenizer copy, and what kind of model it is."""
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, directory / "model.pt")
+    save_config(model_config, directory / "model.yaml")
+    (directory / "inference.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+    shutil.copytree(tokenizer_dir, directory / "tokenizer", dirs_exist_ok=True)
+    return directory
+
+
+def load_final(directory: str | Path, map_location: str = "cpu") -> tuple[torch.nn.Module, Any, dict]:
+    """(model, tokenizer, info) from a `final/` directory of this trainer or of train_reranker."""
+    from .heads import Reranker
+
+    directory = Path(directory)
+    info = json.loads((directory / "inference.json").read_text(encoding="utf-8"))
+    model_config = load_config(ModelConfig, directory / "model.yaml")
+    if info["kind"] == "trm":
+        model = TextRepresentationModel(model_config, tuple(info["special_token_ids"]))
+    elif info["kind"] == "reranker":
+        model = Reranker(model_config, use_pooler=info.get("use_pooler", True))
+    else:
+        raise ValueError(f"{directory / 'inference.json'}: unknown kind {info['kind']!r}")
+    model.load_state_dict(torch.load(directory / "model.pt", map_location=map_location, weights_only=True))
+    return model.eval(), load_tokenizer(directory / "tokenizer"), info
+
+
+# ---- data ---------------------------------------------------------------------------------------------------
+def text_key(text: str) -> int:
+    """A 63-bit key of the normalised text: equal keys = the same document (a false negative to mask)."""
+    digest = hashlib.blake2b(" ".join(text.split()).casefold().encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@dataclass
+class PairBatch:
+    queries: list[list[int]]  # [b] token ids
+    positives: list[list[int]]  # [b]
+    negatives: list[list[int]]  # [m] hard negatives of all queries (any number)
+    positive_keys: Tensor  # [b] int64 text keys
+    negative_keys: Tensor  # [m]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s) for part in (self.queries, self.positives, self.negatives) for s in part)
+
+
+class GroupedRecords:
+    """Record indices grouped by `group_by`, drawn ∝ size^α; a batch is a pure function of (seed, step, rank),
+    so resuming needs the step only. The group is drawn the same on every rank (a global batch is one
+    source); the records differ per rank."""
+
+    def __init__(self, records: Sequence[PairRecord], group_by: str, alpha: float, batch_size: int, seed: int,
+                 rank: int = 0) -> None:
+        if not records:
+            raise ValueError("data.pairs: no records")
+        if group_by not in ("source", "query_lang", "none"):
+            raise ValueError(f"data.group_by: expected source, query_lang or none, got {group_by!r}")
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(records):
+            groups.setdefault({"source": r.source, "query_lang": r.query_lang, "none": ""}[group_by], []).append(i)
+        self.names = sorted(groups)
+        self.groups = [np.array(groups[g]) for g in self.names]
+        probs = sampling_probabilities({g: len(groups[g]) for g in self.names}, alpha)
+        self.probs = np.array([probs[g] for g in self.names])
+        self.batch_size, self.seed, self.rank = batch_size, seed, rank
+
+    def pick(self, step: int) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
+        """(picked record indices, members of their group, this rank's generator for the step)."""
+        group = np.random.default_rng([self.seed, step]).choice(len(self.groups), p=self.probs)
+        rng = np.random.default_rng([self.seed, step, self.rank + 1])
+        members = self.groups[group]
+        return rng.choice(members, size=min(self.batch_size, len(members)), replace=False), members, rng
+
+
+def pick_negatives(own: int, mined: Sequence[int], hard: int, random: int, members_docs: np.ndarray,
+                   rng: np.random.Generator) -> list[int]:
+    """`hard` of the mined negatives (topped up with random ones when short) + `random` random documents of
+    the same group, never the record's own positive `own`."""
+    chosen = [int(c) for c in rng.choice(mined, size=min(hard, len(mined)), replace=False)] if mined else []
+    wanted = hard + random
+    for _ in range(100 * max(wanted, 1)):
+        if len(chosen) >= wanted:
+            break
+        candidate = int(rng.choice(members_docs))
+        if candidate != own:
+            chosen.append(candidate)
+    return chosen
+
+
+class PairBatches:
+    """Tokenised queries and documents (once), served as `PairBatch`es of one group each."""
+
+    def __init__(self, records: Sequence[PairRecord], tokenizer, config: PairDataConfig, seed: int,
+                 rank: int = 0) -> None:
+        self.config = config
+        self.sampler = GroupedRecords(records, config.group_by, config.alpha, config.batch_size, seed, rank)
+        queries, _ = tokenize_texts(tokenizer, [r.query for r in records], config.max_query_length)
+        docs = list(dict.fromkeys([r.positive for r in records] + [n for r in records for n in r.negatives]))
+        doc_ids, _ = tokenize_texts(tokenizer, docs, config.max_doc_length)
+        row = {text: i for i, text in enumerate(docs)}
+        self.query_ids, self.doc_ids = queries, doc_ids
+        self.doc_keys = torch.tensor([text_key(t) for t in docs], dtype=torch.long)
+        self.positive = np.array([row[r.positive] for r in records])
+        self.negatives = [[row[n] for n in r.negatives] for r in records]
+
+    def batch(self, step: int) -> PairBatch:
+        picked, members, rng = self.sampler.pick(step)
+        negatives: list[int] = []
+        if self.config.num_hard_negatives:
+            for i in picked:
+                negatives += pick_negatives(int(self.positive[i]), self.negatives[i], self.config.num_hard_negatives,
+                                            0, self.positive[members], rng)
+        positives = self.positive[picked]
+        return PairBatch(queries=[self.query_ids[i] for i in picked], positives=[self.doc_ids[d] for d in positives],
+                         negatives=[self.doc_ids[d] for d in negatives], positive_keys=self.doc_keys[positives],
+                         negative_keys=self.doc_keys[negatives] if negatives else torch.zeros(0, dtype=torch.long))
+
+
+def mine_negatives(records: list[PairRecord], model_dir: str, num_negatives: int, window: tuple[int, int],
+                   device: torch.device) -> list[PairRecord]:
+    """Hard negatives for every record from the documents of the pair set, searched with a trained TRM."""
+    from .inference import encode
+
+    model, tokenizer, _ = load_final(model_dir)
+    model.to(device)
+    corpus = list(dict.fromkeys(r.positive for r in records))
+
+    def encode_fn(texts: list[str]) -> Tensor:
+        return encode(model, tokenizer, texts).dense
+
+    mined, stats = mine_hard_negatives(records, corpus, encode_fn, num_negatives, window, progress=False)
+    print(f"mined hard negatives with {model_dir}: {stats.negatives} (negatives -> records), short {stats.short}")
+    return mined
+
+
+# ---- gradient caching ---------------------------------------------------------------------------------------
+def trm_leaves(rep: TRMOutput) -> list[Tensor]:
+    return [rep.cls_hidden, rep.sparse.weights]
+
+
+def trm_rebuild(rep: TRMOutput, leaves: list[Tensor]) -> TRMOutput:
+    cls_hidden, weights = leaves
+    return TRMOutput(dense=F.normalize(cls_hidden.float(), dim=-1), sparse=replace(rep.sparse, weights=weights),
+                     cls_hidden=cls_hidden)
+
+
+@contextlib.contextmanager
+def _replay_rng(state: dict[str, Any]):
+    """Run a block with the RNG state saved before the no-grad pass (same dropout masks), then go on."""
+    devices = [state["cuda_device"]] if "cuda" in state else []
+    with torch.random.fork_rng(devices=devices):
+        pass
+        if "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"], state["cuda_device"])
+        yield
+
+
+def _rng_snapshot(device: torch.device) -> dict[str, Any]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"], state["cuda_device"] = torch.cuda.get_rng_state(device), device
+    return state
+
+
+def grad_cache_step(forward: Callable[[UnpaddedBatch], Any], chunks: Sequence[UnpaddedBatch],
+                    loss_fn: Callable[[list[Any]], LossOutput], backward: Callable[[Tensor], None],
+                    leaves: Callable[[Any], list[Tensor]], rebuild: Callable[[Any, list[Tensor]], Any],
+                    accumulate: Callable[[bool], contextlib.AbstractContextManager], device: torch.device
+                    ) -> LossOutput:
+    """GradCache (Gao et al. 2021): exact full-batch gradients with one sub-batch of activations at a time."""
+    states, reps = [], []
+    with torch.no_grad():
+        for chunk in chunks:
+            states.append(_rng_snapshot(device))
+            reps.append(forward(chunk))
+    cached = [[t.detach().requires_grad_(t.is_floating_point()) for t in leaves(rep)] for rep in reps]
+    result = loss_fn([rebuild(rep, c) for rep, c in zip(reps, cached)])
+    result.loss.backward()  # gradients wrt the representations only: no parameter is in this graph
+    for i, chunk in enumerate(chunks):
+        with accumulate(i == len(chunks) - 1), _replay_rng(states[i]):
+            rep = forward(chunk)
+            surrogate = result.loss.new_zeros(())
+            for fresh, old in zip(leaves(rep), cached[i]):
+                if fresh.shape != old.shape:
+                    raise RuntimeError(f"grad cache: sub-batch {i} changed shape between passes "
+                                       f"({tuple(old.shape)} -> {tuple(fresh.shape)}); is the model deterministic?")
+                grad = old.grad if old.grad is not None else torch.zeros_like(old)
+                # unused outputs still join the graph (x0) so DDP sees every parameter used
+                surrogate = surrogate + (fresh.float() * grad.float()).sum()
+            backward(surrogate)
+    return result
+
+
+def plan_chunks(sequences: list[list[int]], budget: int, device: torch.device) -> tuple[list[UnpaddedBatch], Tensor]:
+    """Length-sorted packed sub-batches and the permutation that restores the input order."""
+    groups = length_batches([len(s) for s in sequences], budget)
+    order = [i for g in groups for i in g]
+    chunks = [UnpaddedBatch.from_sequences([sequences[i] for i in g], device=device) for g in groups]
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return chunks, inverse.to(device)
+
+
+# ---- the step -----------------------------------------------------------------------------------------------
+def false_negative_mask(batch: PairBatch, device: torch.device, gather: bool) -> Tensor:
+    """`[B, B + M]` (global when gathering): True where a document is the same text as the query's positive."""
+    pos, neg = batch.positive_keys.to(device), batch.negative_keys.to(device)
+    if gather:
+        pos, neg = all_gather_variable(pos), all_gather_variable(neg)
+    return pos[:, None] == torch.cat([pos, neg])[None, :]
+
+
+def trm_loss_fn(num_queries: int, num_negatives: int, inverse: Tensor, outputs, gather: bool,
+                mask: Tensor) -> Callable[[list[TRMOutput]], LossOutput]:
+    """The step's loss from the sub-batch representations (in plan order, restored by `inverse`)."""
+    b, m = num_queries, num_negatives
+
+    def loss_fn(reps: list[TRMOutput]) -> LossOutput:
+        full = select_rows(concat_trm(reps), inverse)  # rows: [queries ; positives ; negatives]
+        device = full.cls_hidden.device
+        queries = select_rows(full, torch.arange(b, device=device))
+        positives = select_rows(full, torch.arange(b, 2 * b, device=device))
+        negatives = select_rows(full, torch.arange(2 * b, 2 * b + m, device=device)) if m else None
+        return global_pair_loss(queries, positives, negatives, outputs, gather=gather, mask=mask)
+
+    return loss_fn
+
+
+def trm_step(engine, batch: PairBatch, outputs, config: TRMRunConfig, device: torch.device) -> LossOutput:
+    """Forward/backward of one step's batch on this rank (no optimizer update)."""
+    sequences = batch.queries + batch.positives + batch.negatives
+    budget = config.data.sub_batch_tokens if config.data.grad_cache else sum(len(s) for s in sequences)
+    chunks, inverse = plan_chunks(sequences, budget, device)
+    gather = config.loss.gather_across_devices
+    loss_fn = trm_loss_fn(len(batch.queries), len(batch.negatives), inverse, outputs, gather,
+                          false_negative_mask(batch, device, gather))
+
+    def forward(chunk: UnpaddedBatch) -> TRMOutput:
+        with engine.autocast():
+            return engine(chunk)
+
+    if not config.data.grad_cache:
+        result = loss_fn([forward(c) for c in chunks])
+        engine.backward(result.loss)
+        return result
+    return grad_cache_step(forward, chunks, loss_fn, engine.backward, trm_leaves, trm_rebuild,
+                           lambda last: engine.accumulate(is_boundary=last), device)
+
+
+# ---- the trainer --------------------------------------------------------------------------------------------
+def build_trm(config: TRMRunConfig, tokenizer) -> TextRepresentationModel:
+    special = special_ids(tokenizer)
+    if config.model.vocab_size < special.vocab_size:
+        raise ValueError(f"model.vocab_size: {config.model.vocab_size} is smaller than the tokenizer's "
+                         f"{special.vocab_size} ids (set model.vocab_size={special.padded_vocab_size})")
+    # a copy: set_rope below must not rewrite the run config (a resume would divide θ twice)
+    model = TextRepresentationModel(replace(config.model), special.all_special)
+    if config.train.init_from:
+        print(f"initialised from {load_encoder_weights(model, config.train.init_from)}")
+    model.encoder.set_rope(config.model.rope_theta / config.train.revntk_factor, 1.0)
+    model.encoder.set_gradient_checkpointing(config.model.gradient_checkpointing)
+    return model
+
+
+def load_records(config: PairDataConfig, device: torch.device) -> list[PairRecord]:
+    records = read_pairs(config.pairs)
+    if config.negatives_from and config.num_hard_negatives:
+        records = mine_negatives(records, config.negatives_from, config.num_hard_negatives,
+                                 tuple(config.mining_rank_window), device)
+    return records
+
+
+def train(config: TRMRunConfig, resume: str = "none") -> dict:
+    """Run (or continue) contrastive training; returns a summary with the `final/` directory."""
+    train_cfg, optim_cfg, run_dir = config.train, config.optim, Path(config.checkpoint.dir)
+    env = init_distributed(train_cfg.device)
+    seed_everything(train_cfg.seed)  # identical initial heads on every rank
+    tokenizer = load_tokenizer(config.data.tokenizer)
+    model = build_trm(config, tokenizer).to(env.device)
+    data = PairBatches(load_records(config.data, env.device), tokenizer, config.data, train_cfg.seed, env.rank)
+    seed_everything(train_cfg.seed, rank_offset=env.rank)
+    optimizer = build_optimizer(model, optim_cfg.lr, optim_cfg.weight_decay, optim_cfg.betas, optim_cfg.eps,
+                                optim_cfg.decoupled_weight_decay)
+    engine = build_engine(train_cfg.engine, model, optimizer, env, train_cfg.precision, 1, optim_cfg.max_grad_norm,
+                          train_cfg.deepspeed_config)
+    outputs = build_output_losses(config.loss, config.model.hidden_size)
+    summary = run_loop(config, env, engine, run_dir, resume, "trm",
+                       lambda step: trm_step(engine, data.batch(step), outputs, config, env.device))
+    final = run_dir / "final"
+    if env.is_main:
+        info = {"kind": "trm", "special_token_ids": list(special_ids(tokenizer).all_special),
+                "max_query_length": config.data.max_query_length, "max_doc_length": config.data.max_doc_length,
+                "revntk_factor": train_cfg.revntk_factor, "trained_rope_theta": engine.model.encoder.config.rope_theta,
+                "matryoshka_dims": config.loss.dims(config.model.hidden_size), "steps": summary["step"]}
+        save_final(final, engine.model, inference_model_config(config.model, train_cfg.revntk_factor),
+                   config.data.tokenizer, info)
+    barrier()
+    return {**summary, "final": str(final)}
+
+
+def run_loop(config, env: DistEnv, engine, run_dir: Path, resume: str, desc: str,
+             step_fn: Callable[[int], LossOutput]) -> dict:
+    """The loop both retrieval trainers share: LR schedule, NaN guard, logging, checkpoints, exact resume.
+
+    Batches are a pure function of the step (see `PairBatches`), so a checkpoint needs the step, the
+    weights, the optimizer and the RNG states (dropout) only.
+    """
+    train_cfg, optim_cfg = config.train, config.optim
+    manager = CheckpointManager(run_dir, config.checkpoint.keep_last)
+    guard = NonFiniteGuard(train_cfg.max_nonfinite)
+    start_step = 0
+    checkpoint = None if resume in ("none", "") else (
+        manager.latest_complete() if resume == "auto" else resolve_checkpoint(resume))
+    if checkpoint is not None:
+        loaded = manager.load(checkpoint, state_reader=engine.load_state)
+        guard.load_state_dict(loaded.extra["guard"])
+        start_step = loaded.step
+        if env.is_main:
+            print(f"resumed from {checkpoint} at step {start_step}")
+    manager.remove_stale_temporaries()
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+    logger = TrainLogger(run_dir, enabled=env.is_main, tensorboard=config.log.tensorboard, resume_step=start_step)
+    progress = Progress(train_cfg.max_steps, start_step, enabled=env.is_main and config.log.progress, desc=desc)
+    engine.train()
+    step, last = start_step, {}
+    while step < train_cfg.max_steps:
+        lr = lr_at(step, train_cfg.max_steps, optim_cfg.warmup_ratio, optim_cfg.lr, optim_cfg.final_lr_ratio)
+        result = step_fn(step)
+        applied = engine.step(lr, apply=guard.check(result.loss.detach(), step))
+        step += 1
+        last = {"loss": float(result.loss.detach()), "lr": lr, "skipped": 0.0 if applied else 1.0,
+                **{f"loss/{k}": float(v) for k, v in result.parts.items()}}
+        progress.update(0, loss=last["loss"])
+        if step % config.log.every == 0 or step == train_cfg.max_steps:
+            logger.log(step, last)
+        if step % config.checkpoint.every == 0 or step == train_cfg.max_steps:
+            manager.save(step, scheduler={"step": step}, extra={"guard": guard.state_dict()}, config=config,
+                         state_writer=engine.save_state)
+    progress.close()
+    logger.close()
+    if env.is_main and config.log.plot and step > start_step and logger.path.exists():
+        from .training import plot_loss_curve
+
+        plot_loss_curve(logger.path, run_dir / "loss.png", keys=("loss", "lr"))
+    barrier()
+    return {"start_step": start_step, "step": step, "skipped": guard.skipped_total, "run_dir": str(run_dir), **last}
+
+
+# ---- command line -------------------------------------------------------------------------------------------
+def build_parser(prog: str, doc: str, example: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help=f"YAML preset, e.g. {example}")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_steps=100 "
+                        "data.pairs=runs/pairs.jsonl data.tokenizer=runs/tokenizer checkpoint.dir=runs/trm")
+    parser.add_argument("--resume", default="auto", metavar="auto|none|PATH",
+                        help="auto (default): continue from the newest complete checkpoint in checkpoint.dir if "
+                        "any; none: start fresh; PATH: that checkpoint")
+    parser.add_argument("--init-from", default=None, metavar="CKPT",
+                        help="MLM checkpoint or run dir (encoder weights, fresh heads); same as train.init_from")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def run_cli(argv: list[str] | None, run_config_cls: type, train_fn: Callable, prog: str, doc: str,
+            example: str) -> int:
+    args = build_parser(prog, doc, example).parse_args(argv)
+    overrides = list(args.overrides) + ([f"train.init_from={args.init_from}"] if args.init_from else [])
+    try:
+        config = load_config(run_config_cls, args.config, overrides)
+        config.model.validate()
+        if args.print_config:
+            import yaml
+
+            from .config import to_dict
+
+            print(yaml.safe_dump(to_dict(config), sort_keys=False))
+            return 0
+        summary = train_fn(config, resume=args.resume)
+    except (ValueError, FileNotFoundError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    print(f"done: step {summary['step']}, loss {summary.get('loss', float('nan')):.4f}, "
+          f"skipped {summary['skipped']}, final model {summary['final']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(argv, TRMRunConfig, train, "python -m encoder.train_contrastive", __doc__, "configs/trm_ft.yaml")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

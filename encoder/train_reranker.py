@@ -1,0 +1,185 @@
+"""Cross-encoder reranker training from an MLM checkpoint (mGTE reranker, spec §3).
+
+    python -m encoder.train_reranker --config configs/reranker.yaml train.init_from=runs/mlm_stage2 \
+        data.pairs=runs/pairs/ft.jsonl data.negatives_from=runs/trm_ft/final
+
+Input `<s> q </s></s> d </s>` through the tokenizer's own pair template, at most `data.max_length` (8192)
+tokens, the document cut first. Loss: listwise InfoNCE over {positive, hard negatives, random negatives}
+of each query (mGTE: 6 hard + 4 random), on the CLS logit. Sub-batches are gradient-cached exactly like
+the TRM trainer, so groups of long pairs fit; the shared loop gives checkpoints with exact resume.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from data_prep.pairs import PairRecord
+from data_prep.tokenizer import load_tokenizer, special_ids
+
+from .config import ModelConfig, config_field
+from .distributed import all_reduce_sum, barrier, init_distributed, seed_everything
+from .heads import Reranker
+from .inference import tokenize_pairs
+from .losses import LossOutput
+from .train_contrastive import (
+    GroupedRecords,
+    grad_cache_step,
+    load_encoder_weights,
+    load_records,
+    pick_negatives,
+    plan_chunks,
+    run_cli,
+    run_loop,
+    save_final,
+)
+from .train_mlm import CheckpointConfig, LogConfig, OptimConfig
+from .training import build_engine, build_optimizer
+
+
+@dataclass
+class RerankerDataConfig:
+    pairs: str = "runs/pairs.jsonl"  # data_prep.pairs jsonl
+    tokenizer: str = "runs/tokenizer"
+    max_length: int = 8192  # the whole `q + d` pair, specials included
+    batch_size: int = 32  # queries per rank per step; each brings 1 + hard + random documents
+    num_hard_negatives: int = 6  # mGTE: 6 hard ...
+    num_random_negatives: int = 4  # ... + 4 random
+    group_by: str = "source"
+    alpha: float = 0.5
+    sub_batch_tokens: int = 65536
+    grad_cache: bool = True
+    negatives_from: str = ""  # a TRM final/ dir: mine the hard negatives with it before training
+    mining_rank_window: tuple[int, int] = (3, 30)
+
+
+@dataclass
+class RerankerLossConfig:
+    temperature: float = 1.0  # logits are unbounded, so 1 (the listwise softmax of the reference)
+
+
+@dataclass
+class RerankerTrainConfig:
+    max_steps: int = 1000
+    precision: str = "bf16"
+    seed: int = 0
+    device: str = "auto"
+    engine: str = "plain"
+    deepspeed_config: str = "launch/deepspeed/zero1.json"
+    init_from: str = ""  # MLM checkpoint / run dir (mGTE: MLM-8192 directly); head always fresh unless a reranker
+    use_pooler: bool = True  # BERT tanh pooler before the classifier, as the released model
+    max_nonfinite: int = 5
+
+
+@dataclass
+class RerankerRunConfig:
+    model: ModelConfig = config_field(ModelConfig)
+    data: RerankerDataConfig = config_field(RerankerDataConfig)
+    loss: RerankerLossConfig = config_field(RerankerLossConfig)
+    optim: OptimConfig = config_field(OptimConfig)
+    train: RerankerTrainConfig = config_field(RerankerTrainConfig)
+    checkpoint: CheckpointConfig = config_field(CheckpointConfig)
+    log: LogConfig = config_field(LogConfig)
+
+
+class RerankGroups:
+    """Per step and rank: `batch_size` queries, each with its group [positive, negatives...] of documents."""
+
+    def __init__(self, records: Sequence[PairRecord], config: RerankerDataConfig, seed: int, rank: int = 0) -> None:
+        self.records, self.config = list(records), config
+        self.sampler = GroupedRecords(records, config.group_by, config.alpha, config.batch_size, seed, rank)
+        self.docs = list(dict.fromkeys([r.positive for r in records] + [n for r in records for n in r.negatives]))
+        row = {text: i for i, text in enumerate(self.docs)}
+        self.positive = np.array([row[r.positive] for r in records])
+        self.negatives = [[row[n] for n in r.negatives] for r in records]
+
+    def batch(self, step: int) -> list[list[tuple[str, str]]]:
+        picked, members, rng = self.sampler.pick(step)
+        groups = []
+        for i in picked:
+            own = int(self.positive[i])
+            negatives = pick_negatives(own, self.negatives[i], self.config.num_hard_negatives,
+                                       self.config.num_random_negatives, self.positive[members], rng)
+            query = self.records[i].query
+            groups.append([(query, self.docs[own])] + [(query, self.docs[d]) for d in negatives])
+        return groups
+
+
+def listwise_loss(logits: Tensor, group_size: int, temperature: float, global_queries: Tensor) -> Tensor:
+    """Σ over this rank's queries of CE(group logits / τ, positive = 0), divided by the global query count
+    (the engine's contract: gradients summed over ranks give the global mean)."""
+    scores = logits.float().view(-1, group_size) / temperature  # [b, G]
+    targets = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
+    return F.cross_entropy(scores, targets, reduction="sum") / global_queries
+
+
+def reranker_step(engine, groups: list[list[tuple[str, str]]], tokenizer, config: RerankerRunConfig,
+                  device: torch.device) -> LossOutput:
+    group_size = len(groups[0])
+    sequences, _ = tokenize_pairs(tokenizer, [p for g in groups for p in g], config.data.max_length)
+    budget = config.data.sub_batch_tokens if config.data.grad_cache else sum(len(s) for s in sequences)
+    chunks, inverse = plan_chunks(sequences, budget, device)
+    global_queries = all_reduce_sum(torch.tensor(float(len(groups)), device=device))
+
+    def loss_fn(reps: list[Tensor]) -> LossOutput:
+        loss = listwise_loss(torch.cat(reps)[inverse], group_size, config.loss.temperature, global_queries)
+        return LossOutput(loss=loss, parts={"listwise": loss.detach()})
+
+    def forward(chunk) -> Tensor:
+        with engine.autocast():
+            return engine(chunk)
+
+    if not config.data.grad_cache:
+        result = loss_fn([forward(c) for c in chunks])
+        engine.backward(result.loss)
+        return result
+    return grad_cache_step(forward, chunks, loss_fn, engine.backward, lambda t: [t], lambda _, leaves: leaves[0],
+                           lambda last: engine.accumulate(is_boundary=last), device)
+
+
+def train(config: RerankerRunConfig, resume: str = "none") -> dict:
+    train_cfg, optim_cfg, run_dir = config.train, config.optim, Path(config.checkpoint.dir)
+    env = init_distributed(train_cfg.device)
+    seed_everything(train_cfg.seed)
+    tokenizer = load_tokenizer(config.data.tokenizer)
+    special = special_ids(tokenizer)
+    if config.model.vocab_size < special.vocab_size:
+        raise ValueError(f"model.vocab_size: {config.model.vocab_size} is smaller than the tokenizer's "
+                         f"{special.vocab_size} ids (set model.vocab_size={special.padded_vocab_size})")
+    model = Reranker(replace(config.model), use_pooler=train_cfg.use_pooler)
+    if train_cfg.init_from:
+        print(f"initialised from {load_encoder_weights(model, train_cfg.init_from)}")
+    model.encoder.set_rope(config.model.rope_theta, config.model.rope_ntk_factor)
+    model.encoder.set_gradient_checkpointing(config.model.gradient_checkpointing)
+    model.to(env.device)
+    data = RerankGroups(load_records(config.data, env.device), config.data, train_cfg.seed, env.rank)
+    seed_everything(train_cfg.seed, rank_offset=env.rank)
+    optimizer = build_optimizer(model, optim_cfg.lr, optim_cfg.weight_decay, optim_cfg.betas, optim_cfg.eps,
+                                optim_cfg.decoupled_weight_decay)
+    engine = build_engine(train_cfg.engine, model, optimizer, env, train_cfg.precision, 1, optim_cfg.max_grad_norm,
+                          train_cfg.deepspeed_config)
+    summary = run_loop(config, env, engine, run_dir, resume, "reranker",
+                       lambda step: reranker_step(engine, data.batch(step), tokenizer, config, env.device))
+    final = run_dir / "final"
+    if env.is_main:
+        info = {"kind": "reranker", "use_pooler": train_cfg.use_pooler, "max_length": config.data.max_length,
+                "special_token_ids": list(special.all_special), "steps": summary["step"]}
+        save_final(final, engine.model, config.model, config.data.tokenizer, info)
+    barrier()
+    return {**summary, "final": str(final)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(argv, RerankerRunConfig, train, "python -m encoder.train_reranker", __doc__,
+                   "configs/reranker.yaml")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
