@@ -273,7 +273,7 @@ def _replay_rng(state: dict[str, Any]):
     """Run a block with the RNG state saved before the no-grad pass (same dropout masks), then go on."""
     devices = [state["cuda_device"]] if "cuda" in state else []
     with torch.random.fork_rng(devices=devices):
-        pass
+        torch.set_rng_state(state["cpu"])
         if "cuda" in state:
             torch.cuda.set_rng_state(state["cuda"], state["cuda_device"])
         yield

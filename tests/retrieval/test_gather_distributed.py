@@ -91,7 +91,8 @@ def test_two_process_gather_matches_single_process_full_batch(tmp_path):
         torch.testing.assert_close(result["loss"], full_loss, rtol=1e-6, atol=1e-7)
         assert set(result["grads"]) == set(full_grads)
         for name, grad in full_grads.items():
-            torch.testing.assert_close(result["grads"][name], grad, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+            torch.testing.assert_close(result["grads"][name], grad, rtol=1e-4, atol=1e-5,
+                                       msg=lambda m, n=name: f"{n}: {m}")
     # the sparse head and the embeddings really received gradient (the test would be empty otherwise)
     assert full_grads["head.sparse_linear.weight"].abs().sum() > 0
     assert full_grads["encoder.embeddings.word_embeddings.weight"].abs().sum() > 0

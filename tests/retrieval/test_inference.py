@@ -1,0 +1,81 @@
+"""encode() / rerank(): awkward inputs return results in input order; truncation is reported once."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from encoder.config import ModelConfig
+from encoder.heads import Reranker, TextRepresentationModel
+from encoder.inference import encode, rerank, score_pairs, tokenize_pairs
+
+AWKWARD = ["", "   \n\t ", "x" * 100_000, "Save changes", "Änderungen speichern", "保存更改"]
+
+
+@pytest.fixture(scope="module")
+def models(retrieval_tokenizer):
+    from data_prep.tokenizer import special_ids
+
+    special = special_ids(retrieval_tokenizer)
+    config = ModelConfig(vocab_size=special.padded_vocab_size, hidden_size=64, num_layers=1, num_heads=2,
+                         intermediate_size=128, hidden_dropout=0.0, max_position_embeddings=512)
+    torch.manual_seed(0)
+    return TextRepresentationModel(config, special.all_special), Reranker(config)
+
+
+def test_encode_awkward_inputs_in_order_with_one_warning(models, retrieval_tokenizer):
+    trm, _ = models
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = encode(trm, retrieval_tokenizer, AWKWARD, sparse=True, dim=32, batch_tokens=600)
+    truncation = [w for w in caught if "truncated" in str(w.message)]
+    assert len(truncation) == 1 and "1 of 6" in str(truncation[0].message)
+    assert out.num_truncated == 1
+    assert out.dense.shape == (6, 32)
+    assert torch.allclose(out.dense.norm(dim=1), torch.ones(6), atol=1e-5)
+    assert len(out.sparse_ids) == len(out.sparse_tokens) == 6
+    assert out.sparse_ids[0] == {} and out.sparse_ids[1] == {}  # only specials: no lexical weights
+    # input order: each text alone gives the same vector as inside the mixed batch
+    for i in (0, 3, 5):
+        alone = encode(trm, retrieval_tokenizer, [AWKWARD[i]], dim=32).dense[0]
+        assert torch.allclose(alone, out.dense[i], atol=1e-5)
+    assert not torch.allclose(out.dense[3], out.dense[5])
+    # decoded-token dicts carry readable keys
+    assert all(isinstance(k, str) for k in out.sparse_tokens[3])
+
+
+def test_encode_no_warning_when_nothing_is_cut(models, retrieval_tokenizer):
+    trm, _ = models
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = encode(trm, retrieval_tokenizer, ["short text", ""])
+    assert out.num_truncated == 0 and out.sparse is None
+
+
+def test_rerank_awkward_inputs_and_pair_truncation(models, retrieval_tokenizer):
+    _, reranker = models
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scores = rerank(reranker, retrieval_tokenizer, "", AWKWARD)
+        long_query = rerank(reranker, retrieval_tokenizer, "y" * 100_000, ["", "doc"])
+    assert scores.shape == (6,) and torch.isfinite(scores).all()
+    assert long_query.shape == (2,) and torch.isfinite(long_query).all()
+    assert len([w for w in caught if "truncated" in str(w.message)]) == 2  # one per call
+    pairs = [("q", "a b c"), ("long query " * 50, "doc " * 400)]
+    direct = score_pairs(reranker, retrieval_tokenizer, pairs, max_length=128)
+    reversed_order = score_pairs(reranker, retrieval_tokenizer, pairs[::-1], max_length=128)
+    assert torch.allclose(direct, reversed_order.flip(0), atol=1e-5)
+
+
+def test_pair_truncation_cuts_the_document_first(retrieval_tokenizer):
+    query, doc = "short question", "word " * 1000
+    (ids,), cut = tokenize_pairs(retrieval_tokenizer, [(query, doc)], max_length=64)
+    assert cut == 1 and len(ids) == 64
+    full_query = retrieval_tokenizer(query, add_special_tokens=False)["input_ids"]
+    assert ids[1:1 + len(full_query)] == full_query  # the query survives whole
+    assert ids[0] == retrieval_tokenizer.cls_token_id and ids[-1] == retrieval_tokenizer.sep_token_id
+    # both sides huge: each keeps about half
+    (both,), _ = tokenize_pairs(retrieval_tokenizer, [("q " * 1000, doc)], max_length=64)
+    assert len(both) == 64
