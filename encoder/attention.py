@@ -11,11 +11,13 @@ packages live here and nowhere else: a backend whose package is missing is simpl
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -135,39 +137,40 @@ def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_se
     return get_backend(backend, q.device)(q, k, v, cu_seqlens, max_seqlen)
 
 
-def _host_offsets(cu_seqlens: Tensor) -> list[int]:
-    return cu_seqlens.tolist()
-
-
 # ---- reference: plain PyTorch, one sequence at a time, float32 softmax ---------------------------------
 def reference_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int) -> Tensor:
     scale = 1.0 / math.sqrt(q.shape[-1])
-    offsets = _host_offsets(cu_seqlens)
+    lengths = _lengths(cu_seqlens)
     outputs = []
-    for start, end in zip(offsets[:-1], offsets[1:]):
-        qs, ks, vs = (x[start:end].transpose(0, 1).float() for x in (q, k, v))  # [heads, L, d]
+    # torch.split (not slicing) so the backward is one concatenation, not a full-size buffer per sequence
+    for qs, ks, vs in zip(q.split(lengths), k.split(lengths), v.split(lengths)):
+        qs, ks, vs = (x.transpose(0, 1).float() for x in (qs, ks, vs))  # [heads, L, d]
         probs = torch.softmax((qs @ ks.transpose(-1, -2)) * scale, dim=-1)
         outputs.append((probs @ vs).transpose(0, 1).to(q.dtype))
     return torch.cat(outputs, dim=0)
 
 
-# ---- sdpa: PyTorch's fused attention, per sequence (no padding computed) --------------------------------
+# ---- sdpa: PyTorch's fused attention, sequences of one length per call (no padding computed) --------------
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int) -> Tensor:
-    offsets = _host_offsets(cu_seqlens)
-    lengths = [e - s for s, e in zip(offsets[:-1], offsets[1:])]
-    if len(lengths) == 1:  # one sequence: no gather needed
+    lengths = _lengths(cu_seqlens)
+    if len(lengths) == 1:
         return _sdpa_same_length(q, k, v, 1)
-    out = torch.empty_like(q)
-    # Sequences of equal length share one call: length-bucketed batches make this the common case.
-    by_length: dict[int, list[int]] = {}
-    for i, n in enumerate(lengths):
-        by_length.setdefault(n, []).append(i)
-    for n, seqs in by_length.items():
-        if len(seqs) == 1:
-            rows = slice(offsets[seqs[0]], offsets[seqs[0]] + n)
-        else:
-            rows = torch.cat([torch.arange(offsets[i], offsets[i] + n, device=q.device) for i in seqs])
-        out[rows] = _sdpa_same_length(q[rows], k[rows], v[rows], len(seqs))
+    # Sequences of equal length share one call (length-bucketed batches make that common). Tokens are
+    # permuted once so each group is a contiguous run, the runs go through torch.split / torch.cat, and the
+    # permutation is undone once: forward and backward stay O(T), whatever the number of groups.
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    perm = None
+    if order != list(range(len(lengths))):
+        perm = torch.from_numpy(np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in order])).to(q.device)
+        q, k, v = q[perm], k[perm], v[perm]
+    groups = [(n, len(list(run))) for n, run in itertools.groupby(lengths[i] for i in order)]
+    sizes = [n * count for n, count in groups]
+    outputs = [_sdpa_same_length(qg, kg, vg, count)
+               for (_, count), qg, kg, vg in zip(groups, q.split(sizes), k.split(sizes), v.split(sizes))]
+    out = torch.cat(outputs, dim=0)
+    if perm is not None:
+        out = out[torch.argsort(perm)]
     return out
 
 
@@ -224,7 +227,8 @@ def _load_xformers() -> AttentionFn:
 
 
 def _lengths(cu_seqlens: Tensor) -> list[int]:
-    offsets = _host_offsets(cu_seqlens)
+    """Per-sequence lengths on the host (one device sync per call on CUDA)."""
+    offsets = cu_seqlens.tolist()
     return [e - s for s, e in zip(offsets[:-1], offsets[1:])]
 
 
