@@ -164,6 +164,10 @@ class DeepSpeedEngine(Engine):
                                "or use train.engine=plain") from err
         import torch.distributed as dist
 
+        if env.device.type == "cpu":
+            # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce op (minutes on a fresh machine) that
+            # only speeds up inference collectives; gloo serves training. Marking it incompatible skips the build.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         if not dist.is_initialized():
             deepspeed.init_distributed(dist_backend="nccl" if env.device.type == "cuda" else "gloo",
                                        verbose=False)
