@@ -1,4 +1,4 @@
-"""Retrieval evaluation on a BEIR-layout set: dense, sparse, hybrid, dense-then-rerank, and a BM25 baseline.
+r"""Retrieval evaluation on a BEIR-layout set: dense, sparse, hybrid, dense-then-rerank, and a BM25 baseline.
 
     python -m encoder.evaluate --beir runs/data/embedded/tiny-seed0/beir --trm runs/tiny_trm_ft/final \
         --reranker runs/tiny_reranker/final --untrained-baseline --out runs/eval

@@ -1,4 +1,4 @@
-"""Contrastive training of the TRM (dense + sparse) from an MLM checkpoint: pre-training and fine-tuning.
+r"""Contrastive training of the TRM (dense + sparse) from an MLM checkpoint: pre-training and fine-tuning.
 
     python -m encoder.train_contrastive --config configs/trm_cpt.yaml data.pairs=runs/pairs.jsonl \
         data.tokenizer=runs/tokenizer train.init_from=runs/mlm_stage2
@@ -65,6 +65,11 @@ class PairDataConfig:
     grad_cache: bool = True  # False: one forward over the whole batch (with model.gradient_checkpointing if set)
     negatives_from: str = ""  # a TRM `final/` dir: mine hard negatives with it before training
     mining_rank_window: tuple[int, int] = (3, 30)  # skip the top ranks (likely unlabelled positives)
+    long_pairs: str = ""  # data_prep.longdoc pairs jsonl: query -> the whole long document holding it
+    use_long_pairs: bool = True  # False: ignore long_pairs (to measure what they add)
+    long_every: int = 2  # every n-th step is a long-document batch (1 = all steps)
+    long_batch_tokens: int = 32768  # a long batch holds as many queries as their documents fit in this
+    max_long_doc_length: int = 8192
 
 
 @dataclass
@@ -240,6 +245,53 @@ class PairBatches:
                          negative_keys=self.doc_keys[negatives] if negatives else torch.zeros(0, dtype=torch.long))
 
 
+LENGTH_BUCKETS = (512, 1024, 2048, 3072, 8192)  # mGTE Table 12's length edges (tokens)
+
+
+class LengthBuckets:
+    """Long-document records batched by length (mGTE's dynamic batching): records are bucketed by their
+    positive's token length, a step draws one bucket (∝ size^α, the same on every rank) and takes as many
+    queries as `batch_tokens` holds for that bucket's longest documents. `make(records, batch_size)` builds a
+    per-bucket batcher with `.batch(step)` (PairBatches or the reranker's groups); batches stay a pure
+    function of the step, so resume is unchanged."""
+
+    def __init__(self, records: Sequence[PairRecord], doc_lengths: Sequence[int], docs_per_query: int,
+                 batch_tokens: int, alpha: float, seed: int, make: Callable[[list[PairRecord], int], Any]) -> None:
+        buckets: dict[int, list[PairRecord]] = {}
+        for record, n in zip(records, doc_lengths):
+            buckets.setdefault(next((e for e in LENGTH_BUCKETS if n <= e), max(n, LENGTH_BUCKETS[-1])), []).append(
+                record)
+        self.edges = sorted(buckets)
+        self.batchers = [make(buckets[e], max(1, batch_tokens // (e * docs_per_query))) for e in self.edges]
+        probs = sampling_probabilities({e: len(buckets[e]) for e in self.edges}, alpha)
+        self.probs = np.array([probs[e] for e in self.edges])
+        self.seed = seed
+
+    def batch(self, step: int) -> Any:
+        which = np.random.default_rng([self.seed, step, 1 << 20]).choice(len(self.edges), p=self.probs)
+        return self.batchers[which].batch(step)
+
+
+def long_pair_batches(config: PairDataConfig, tokenizer, seed: int, rank: int = 0) -> LengthBuckets | None:
+    """The TRM's long-document batches, or None when `data.long_pairs` is unset or `use_long_pairs` is off."""
+    if not config.long_pairs or not config.use_long_pairs:
+        return None
+    records = read_pairs(config.long_pairs)
+    lengths = [len(ids) for ids in tokenize_texts(tokenizer, [r.positive for r in records],
+                                                  config.max_long_doc_length)[0]]
+    long_config = replace(config, group_by="none", max_doc_length=config.max_long_doc_length)
+    return LengthBuckets(records, lengths, 1 + config.num_hard_negatives, config.long_batch_tokens, config.alpha,
+                         seed, lambda recs, size: PairBatches(recs, tokenizer, replace(long_config, batch_size=size),
+                                                              seed, rank))
+
+
+def interleave(short: Any, long: Any | None, every: int) -> Callable[[int], Any]:
+    """step -> batch: every `every`-th step from `long` (when given), the others from `short`."""
+    if every < 1:
+        raise ValueError(f"data.long_every: must be >= 1, got {every}")
+    return lambda step: long.batch(step) if long is not None and step % every == every - 1 else short.batch(step)
+
+
 def mine_negatives(records: list[PairRecord], model_dir: str, num_negatives: int, window: tuple[int, int],
                    device: torch.device) -> list[PairRecord]:
     """Hard negatives for every record from the documents of the pair set, searched with a trained TRM."""
@@ -402,6 +454,8 @@ def train(config: TRMRunConfig, resume: str = "none") -> dict:
     tokenizer = load_tokenizer(config.data.tokenizer)
     model = build_trm(config, tokenizer).to(env.device)
     data = PairBatches(load_records(config.data, env.device), tokenizer, config.data, train_cfg.seed, env.rank)
+    batch_at = interleave(data, long_pair_batches(config.data, tokenizer, train_cfg.seed, env.rank),
+                          config.data.long_every)
     seed_everything(train_cfg.seed, rank_offset=env.rank)
     optimizer = build_optimizer(model, optim_cfg.lr, optim_cfg.weight_decay, optim_cfg.betas, optim_cfg.eps,
                                 optim_cfg.decoupled_weight_decay)
@@ -409,13 +463,14 @@ def train(config: TRMRunConfig, resume: str = "none") -> dict:
                           train_cfg.deepspeed_config)
     outputs = build_output_losses(config.loss, config.model.hidden_size)
     summary = run_loop(config, env, engine, run_dir, resume, "trm",
-                       lambda step: trm_step(engine, data.batch(step), outputs, config, env.device))
+                       lambda step: trm_step(engine, batch_at(step), outputs, config, env.device))
     final = run_dir / "final"
     if env.is_main:
         info = {"kind": "trm", "special_token_ids": list(special_ids(tokenizer).all_special),
                 "max_query_length": config.data.max_query_length, "max_doc_length": config.data.max_doc_length,
                 "revntk_factor": train_cfg.revntk_factor, "trained_rope_theta": engine.model.encoder.config.rope_theta,
-                "matryoshka_dims": config.loss.dims(config.model.hidden_size), "steps": summary["step"]}
+                "matryoshka_dims": config.loss.dims(config.model.hidden_size), "steps": summary["step"],
+                "long_pairs": bool(config.data.long_pairs and config.data.use_long_pairs)}
         save_final(final, engine.model, inference_model_config(config.model, train_cfg.revntk_factor),
                    config.data.tokenizer, info)
     barrier()

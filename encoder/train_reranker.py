@@ -1,4 +1,4 @@
-"""Cross-encoder reranker training from an MLM checkpoint (mGTE reranker, spec §3).
+r"""Cross-encoder reranker training from an MLM checkpoint (mGTE reranker, spec §3).
 
     python -m encoder.train_reranker --config configs/reranker.yaml train.init_from=runs/mlm_stage2 \
         data.pairs=runs/pairs/ft.jsonl data.negatives_from=runs/trm_ft/final
@@ -21,17 +21,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from data_prep.pairs import PairRecord
+from data_prep.pairs import PairRecord, read_pairs
 from data_prep.tokenizer import load_tokenizer, special_ids
 
 from .config import ModelConfig, config_field
 from .distributed import all_reduce_sum, barrier, init_distributed, seed_everything
 from .heads import Reranker
-from .inference import tokenize_pairs
+from .inference import tokenize_pairs, tokenize_texts
 from .losses import LossOutput
 from .train_contrastive import (
     GroupedRecords,
+    LengthBuckets,
     grad_cache_step,
+    interleave,
     load_encoder_weights,
     load_records,
     pick_negatives,
@@ -58,6 +60,11 @@ class RerankerDataConfig:
     grad_cache: bool = True
     negatives_from: str = ""  # a TRM final/ dir: mine the hard negatives with it before training
     mining_rank_window: tuple[int, int] = (3, 30)
+    long_pairs: str = ""  # data_prep.longdoc pairs jsonl: query -> the whole long document holding it
+    use_long_pairs: bool = True  # False: ignore long_pairs (to measure what they add)
+    long_every: int = 2  # every n-th step is a long-document batch (1 = all steps)
+    long_batch_tokens: int = 65536  # a long batch holds as many query groups as fit in this many tokens
+    max_long_length: int = 8192  # the whole `q + d` pair of a long step
 
 
 @dataclass
@@ -112,6 +119,19 @@ class RerankGroups:
         return groups
 
 
+def long_rerank_groups(config: RerankerDataConfig, tokenizer, seed: int, rank: int = 0) -> LengthBuckets | None:
+    """Long-document query groups batched by length, or None when `data.long_pairs` is unset or off."""
+    if not config.long_pairs or not config.use_long_pairs:
+        return None
+    records = read_pairs(config.long_pairs)
+    lengths = [len(ids) for ids in tokenize_texts(tokenizer, [r.positive for r in records],
+                                                  config.max_long_length)[0]]
+    long_config = replace(config, group_by="none")
+    return LengthBuckets(records, lengths, 1 + config.num_hard_negatives + config.num_random_negatives,
+                         config.long_batch_tokens, config.alpha, seed,
+                         lambda recs, size: RerankGroups(recs, replace(long_config, batch_size=size), seed, rank))
+
+
 def listwise_loss(logits: Tensor, group_size: int, temperature: float, global_queries: Tensor) -> Tensor:
     """Σ over this rank's queries of CE(group logits / τ, positive = 0), divided by the global query count
     (the engine's contract: gradients summed over ranks give the global mean)."""
@@ -121,9 +141,9 @@ def listwise_loss(logits: Tensor, group_size: int, temperature: float, global_qu
 
 
 def reranker_step(engine, groups: list[list[tuple[str, str]]], tokenizer, config: RerankerRunConfig,
-                  device: torch.device) -> LossOutput:
+                  device: torch.device, max_length: int | None = None) -> LossOutput:
     group_size = len(groups[0])
-    sequences, _ = tokenize_pairs(tokenizer, [p for g in groups for p in g], config.data.max_length)
+    sequences, _ = tokenize_pairs(tokenizer, [p for g in groups for p in g], max_length or config.data.max_length)
     budget = config.data.sub_batch_tokens if config.data.grad_cache else sum(len(s) for s in sequences)
     chunks, inverse = plan_chunks(sequences, budget, device)
     global_queries = all_reduce_sum(torch.tensor(float(len(groups)), device=device))
@@ -160,16 +180,24 @@ def train(config: RerankerRunConfig, resume: str = "none") -> dict:
     model.encoder.set_gradient_checkpointing(config.model.gradient_checkpointing)
     model.to(env.device)
     data = RerankGroups(load_records(config.data, env.device), config.data, train_cfg.seed, env.rank)
+    long_groups = long_rerank_groups(config.data, tokenizer, train_cfg.seed, env.rank)
+    batch_at, every = interleave(data, long_groups, config.data.long_every), config.data.long_every
+
+    def step_fn(step: int) -> LossOutput:  # long steps get the long pair budget
+        is_long = long_groups is not None and step % every == every - 1
+        return reranker_step(engine, batch_at(step), tokenizer, config, env.device,
+                             config.data.max_long_length if is_long else None)
+
     seed_everything(train_cfg.seed, rank_offset=env.rank)
     optimizer = build_optimizer(model, optim_cfg.lr, optim_cfg.weight_decay, optim_cfg.betas, optim_cfg.eps,
                                 optim_cfg.decoupled_weight_decay)
     engine = build_engine(train_cfg.engine, model, optimizer, env, train_cfg.precision, 1, optim_cfg.max_grad_norm,
                           train_cfg.deepspeed_config)
-    summary = run_loop(config, env, engine, run_dir, resume, "reranker",
-                       lambda step: reranker_step(engine, data.batch(step), tokenizer, config, env.device))
+    summary = run_loop(config, env, engine, run_dir, resume, "reranker", step_fn)
     final = run_dir / "final"
     if env.is_main:
         info = {"kind": "reranker", "use_pooler": train_cfg.use_pooler, "max_length": config.data.max_length,
+                "long_pairs": long_groups is not None,
                 "special_token_ids": list(special.all_special), "steps": summary["step"]}
         save_final(final, engine.model, config.model, config.data.tokenizer, info)
     barrier()
