@@ -12,7 +12,7 @@ test-fast: setup      ## skip end-to-end runs
 	$(PY) -m pytest -q -m "not slow" tests
 
 demo: setup           ## the main job at toy scale on the embedded data
-	$(PY) -m encoder.cli demo
+	$(PY) -m encoder.pipeline
 
 lint: setup
 	$(PY) -m ruff check .

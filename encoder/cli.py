@@ -2,7 +2,7 @@
 
     info   --config configs/base.yaml [key=value ...]   parameter counts of a preset
     smoke  --config configs/tiny.yaml                    forward + backward on a mixed-length batch
-    demo                                                 the main job at toy scale (currently: smoke)
+    demo [pipeline args]                                 the main job at toy scale (= python -m encoder.pipeline)
 """
 
 from __future__ import annotations
@@ -90,11 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("info", cmd_info, "print parameter counts of a preset", "configs/base.yaml")
     add("smoke", cmd_smoke, "forward + backward of a mixed-length unpadded batch", "configs/tiny.yaml")
-    add("demo", cmd_smoke, "the main job at toy scale (for now the smoke run)", "configs/tiny.yaml")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo"]:
+        from .pipeline import main as pipeline_main  # noqa: PLC0415
+
+        return pipeline_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

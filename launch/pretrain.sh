@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# MLM pre-training on one node with the DeepSpeed launcher (N GPUs), or several nodes with a hostfile.
+# A training stage on one node with the DeepSpeed launcher (N GPUs), or several nodes with a hostfile.
+# TRAINER picks the stage's module: encoder.train_mlm (default), encoder.train_contrastive, encoder.train_reranker.
 #
-#   launch/pretrain.sh                                   # stage 1, all GPUs of this node
+#   launch/pretrain.sh                                   # MLM stage 1, all GPUs of this node
 #   NUM_GPUS=4 launch/pretrain.sh configs/mlm_stage2.yaml train.grad_accum=32
 #   HOSTFILE=launch/hostfile launch/pretrain.sh configs/mlm_stage1.yaml     # multi-node (see README.md)
+#   TRAINER=encoder.train_contrastive DS_CONFIG=launch/deepspeed/zero1.json launch/pretrain.sh configs/trm_ft.yaml
 #
 # Extra arguments after the config are `section.key=value` overrides or trainer flags (--resume, --stop-after).
 # Re-running the same command resumes from the newest complete checkpoint (--resume auto is the default).
@@ -16,6 +18,7 @@ DS_CONFIG=${DS_CONFIG:-launch/deepspeed/zero2.json}
 NUM_GPUS=${NUM_GPUS:-$(python -c "import torch; print(max(torch.cuda.device_count(), 1))")}
 MASTER_PORT=${MASTER_PORT:-29500}
 PYTHON=${PYTHON:-python}
+TRAINER=${TRAINER:-encoder.train_mlm}
 
 LAUNCH=(deepspeed --master_port "$MASTER_PORT")
 if [[ -n "${HOSTFILE:-}" ]]; then
@@ -24,5 +27,5 @@ else
     LAUNCH+=(--num_gpus "$NUM_GPUS")
 fi
 
-exec "${LAUNCH[@]}" --module encoder.train_mlm --config "$CONFIG" \
+exec "${LAUNCH[@]}" --module "$TRAINER" --config "$CONFIG" \
     train.engine=deepspeed train.deepspeed_config="$DS_CONFIG" "$@"
