@@ -8,9 +8,11 @@
 A document of a target length (tokens of the run's tokenizer, specials included) is filler passages in one
 language with one needle passage at a relative position (0 = start, 1 = end). The needle of an eval document
 is a held-out (dev/test) unit; its queries are the same unit in other languages (the units are aligned), so
-a query can only be answered by reading the needle. Fillers are TRAIN units: they never come from a held-out
-unit, and each held-out unit is the needle of exactly one document per length bucket (one BEIR set per
-bucket, so a heat map of length x position compares like with like).
+a query can only be answered by reading the needle (`query_mode="same"` asks with the needle's own text
+instead: the classic verbatim passkey test, lexical and learnable by a toy model in minutes). Fillers are
+TRAIN units: they never come from a held-out unit, and each held-out unit is the needle of exactly one
+document per length bucket (one BEIR set per bucket, so a heat map of length x position compares like with
+like).
 """
 
 from __future__ import annotations
@@ -188,18 +190,24 @@ def filler_pools(units: dict[str, Unit], exclude: Sequence[str], rng: random.Ran
     return {lang: FillerPool(p, rng) for lang, p in passages.items()}
 
 
-def _language_cycle(units: dict[str, Unit]) -> list[str]:
+def _language_cycle(units: dict[str, Unit], languages: Sequence[str] | None = None) -> list[str]:
     present = {lang for u in units.values() for lang in u.texts}
-    return [lang for lang in LANGUAGES if lang in present]  # LANGUAGES alternates scripts early on
+    cycle = [lang for lang in LANGUAGES if lang in present]  # LANGUAGES alternates scripts early on
+    return [lang for lang in cycle if lang in languages] if languages else cycle
 
 
 # ---- the eval sets ------------------------------------------------------------------------------------------
 def build_longdoc_sets(units: dict[str, Unit], tokenizer, lengths: Sequence[int] = DEFAULT_LENGTHS,
                        positions: Sequence[float] = DEFAULT_POSITIONS, queries_per_needle: int = 2,
-                       seed: int = 0) -> dict[int, LongDocSet]:
-    """One needle set per target length; every held-out unit is the needle of one document in each."""
+                       seed: int = 0, query_mode: str = "translation",
+                       languages: Sequence[str] | None = None) -> dict[int, LongDocSet]:
+    """One needle set per target length; every held-out unit is the needle of one document in each.
+    query_mode: "translation" (the needle's unit in `queries_per_needle` other languages) or "same" (the
+    needle's own text). `languages` limits the document languages (one language removes the shortcut of
+    matching a query to a document by language alone)."""
+    _check_mode(query_mode)
     tokens = Tokens(tokenizer)
-    cycle = _language_cycle(units)
+    cycle = _language_cycle(units, languages)
     heldout = sorted(k for k, u in units.items() if u.split in ("test", "dev") and len(u.texts) > 1)
     if not heldout:
         raise DataError("longdoc: no held-out units with more than one language")
@@ -217,7 +225,8 @@ def build_longdoc_sets(units: dict[str, Unit], tokenizer, lengths: Sequence[int]
                 continue
             needle = unit.texts[doc_lang]
             query_langs = [q for q in sorted(unit.texts) if q != doc_lang and unit.texts[q] != needle]
-            query_langs = rng.sample(query_langs, min(queries_per_needle, len(query_langs)))
+            query_langs = ([doc_lang] if query_mode == "same" else
+                           rng.sample(query_langs, min(queries_per_needle, len(query_langs))))
             if not query_langs:
                 continue
             position = positions[i % len(positions)]
@@ -233,6 +242,11 @@ def build_longdoc_sets(units: dict[str, Unit], tokenizer, lengths: Sequence[int]
                                       info["needle_tokens"], doc_lang, q_lang)
         sets[length] = LongDocSet(length, BeirData(corpus, queries, {"test": qrels}), needles)
     return sets
+
+
+def _check_mode(query_mode: str) -> None:
+    if query_mode not in ("translation", "same"):
+        raise ValueError(f"query_mode: expected translation or same, got {query_mode!r}")
 
 
 def check_longdoc_set(data: LongDocSet, units: dict[str, Unit]) -> None:
@@ -274,28 +288,36 @@ def read_longdoc_set(directory: str | Path) -> LongDocSet:
 
 # ---- training pairs --------------------------------------------------------------------------------------------
 def long_training_pairs(units: dict[str, Unit], tokenizer, lengths: Sequence[int] = (1024, 2048),
-                        docs_per_length: int = 64, num_negatives: int = 3, seed: int = 0) -> list[PairRecord]:
+                        docs_per_length: int = 64, num_negatives: int = 3, seed: int = 0,
+                        query_mode: str = "translation", languages: Sequence[str] | None = None
+                        ) -> list[PairRecord]:
     """Query (a train unit in one language) -> the whole long document holding it (in another language);
     negatives = other long documents of the same length and language. TRAIN units only; the needle units
-    are never fillers, so no negative contains the query's unit. `source` is `longdoc-<length>`."""
+    are never fillers, so no negative contains the query's unit. `source` is `longdoc-<length>`.
+    query_mode and languages as in `build_longdoc_sets`."""
+    _check_mode(query_mode)
     tokens = Tokens(tokenizer)
     rng = random.Random(f"pairs-{seed}")
-    candidates = sorted(k for k, u in units.items() if u.split == "train" and len(u.texts) > 1)
+    # a needle must identify its unit: short strings ("Date") also occur inside unrelated passages
+    candidates = sorted(k for k, u in units.items() if u.split == "train" and len(u.texts) > 1
+                        and min(map(len, u.texts.values())) >= MIN_MATCH_CHARS)
     wanted = docs_per_length * len(lengths)
     if wanted > len(candidates) // 2:
         raise DataError(f"longdoc pairs: {wanted} needles wanted but only {len(candidates)} train units "
                         "(keep at least half for fillers)")
     needle_units = rng.sample(candidates, wanted)
     pools = filler_pools(units, needle_units, rng)
-    cycle = _language_cycle(units)
+    cycle = _language_cycle(units, languages)
     records = []
     for b, length in enumerate(lengths):
         docs: list[tuple[str, str, str, str]] = []  # (query, query lang, document, doc lang)
         for i, unit_id in enumerate(needle_units[b * docs_per_length:(b + 1) * docs_per_length]):
             unit = units[unit_id]
-            doc_lang = next(lang for k in range(len(cycle)) if (lang := cycle[(i + k) % len(cycle)]) in unit.texts
-                            and lang in pools)
-            q_lang = rng.choice([q for q in sorted(unit.texts) if q != doc_lang])
+            doc_lang = next((lang for k in range(len(cycle)) if (lang := cycle[(i + k) % len(cycle)]) in unit.texts
+                             and lang in pools), None)
+            if doc_lang is None:
+                continue
+            q_lang = doc_lang if query_mode == "same" else rng.choice([q for q in sorted(unit.texts) if q != doc_lang])
             text, _ = compose(unit.texts[doc_lang], pools[doc_lang], length, rng.random(), tokens)
             docs.append((unit.texts[q_lang], q_lang, text, doc_lang))
         for i, (query, q_lang, text, doc_lang) in enumerate(docs):
@@ -319,18 +341,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="eval: output directory; pairs: output jsonl")
     parser.add_argument("--lengths", type=int, nargs="+", default=None, help="target document lengths (tokens)")
     parser.add_argument("--docs-per-length", type=int, default=64, help="pairs: long documents per length")
+    parser.add_argument("--query-mode", choices=("translation", "same"), default="translation",
+                        help="queries: the needle in other languages, or its own text (verbatim passkey)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
         units, tokenizer = load_units(args.embedded_dir), load_tokenizer(args.tokenizer)
         if args.what == "eval":
-            sets = build_longdoc_sets(units, tokenizer, args.lengths or DEFAULT_LENGTHS, seed=args.seed)
+            sets = build_longdoc_sets(units, tokenizer, args.lengths or DEFAULT_LENGTHS, seed=args.seed,
+                                      query_mode=args.query_mode)
             for length, path in write_longdoc_sets(sets, args.out).items():
                 check_longdoc_set(sets[length], units)
                 print(f"{path}: {len(sets[length].beir.corpus)} documents, {len(sets[length].needles)} queries")
         else:
             records = long_training_pairs(units, tokenizer, args.lengths or (1024, 2048), args.docs_per_length,
-                                          seed=args.seed)
+                                          seed=args.seed, query_mode=args.query_mode)
             write_pairs(records, args.out)
             print(f"{args.out}: {len(records)} long-document pairs")
     except DataError as err:
