@@ -177,7 +177,8 @@ def banned_texts(units: dict[str, Unit], unit_ids: Sequence[str]) -> dict[str, l
 def filler_pools(units: dict[str, Unit], exclude: Sequence[str], rng: random.Random) -> dict[str, FillerPool]:
     """Per language, the TRAIN units' texts in a fixed order before the seeded draws, minus the units in
     `exclude` and any passage that quotes one of their texts (it would answer that unit's queries too)."""
-    banned = banned_texts(units, exclude)
+    # every language: an untranslated string quotes its English source inside another catalog
+    banned = [t for texts in banned_texts(units, exclude).values() for t in texts]
     excluded = set(exclude)
     passages: dict[str, list[tuple[str, str]]] = {}
     for unit_id in sorted(units):
@@ -185,7 +186,7 @@ def filler_pools(units: dict[str, Unit], exclude: Sequence[str], rng: random.Ran
         if unit.split != "train" or unit_id in excluded:
             continue
         for lang, text in unit.texts.items():
-            if not any(b in text for b in banned.get(lang, ())):
+            if not any(b in text for b in banned):
                 passages.setdefault(lang, []).append((unit_id, text))
     return {lang: FillerPool(p, rng) for lang, p in passages.items()}
 
@@ -224,6 +225,9 @@ def build_longdoc_sets(units: dict[str, Unit], tokenizer, lengths: Sequence[int]
             if doc_lang is None:
                 continue
             needle = unit.texts[doc_lang]
+            if any(t in needle for k in heldout if k != unit_id for ts in banned_texts(units, [k]).values()
+                   for t in ts):
+                continue  # the needle quotes another held-out unit: that unit's queries would match it too
             query_langs = [q for q in sorted(unit.texts) if q != doc_lang and unit.texts[q] != needle]
             query_langs = ([doc_lang] if query_mode == "same" else
                            rng.sample(query_langs, min(queries_per_needle, len(query_langs))))
@@ -252,7 +256,7 @@ def _check_mode(query_mode: str) -> None:
 def check_longdoc_set(data: LongDocSet, units: dict[str, Unit]) -> None:
     """Raise if a query could be answered by anything but its needle: one relevant document per query, no
     document other than the needle's contains any text of the needle's unit, no filler is a held-out unit."""
-    heldout = sorted(k for k, u in units.items() if u.split != "train")
+    heldout = sorted(k for k, u in units.items() if u.split in ("test", "dev"))  # "dropped" share their text
     heldout_texts = {t: k for k in heldout for texts in banned_texts(units, [k]).values() for t in texts}
     for qid, rels in data.beir.qrels["test"].items():
         if len(rels) != 1:
