@@ -12,9 +12,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from data_prep.batching import TokenBudgetBatchSampler, pack
@@ -193,14 +191,3 @@ def rerank(model: Reranker, tokenizer, query: str, documents: Sequence[str], *, 
     """Relevance logits `[len(documents)]` of each document for `query` (input order; sort them yourself)."""
     return score_pairs(model, tokenizer, [(query, d) for d in documents], max_length=max_length,
                        batch_tokens=batch_tokens)
-
-
-def top_k(scores: Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise top-k of a `[Nq, Nd]` score matrix: (indices, values), best first."""
-    k = min(k, scores.shape[1])
-    values, indices = torch.topk(scores, k, dim=1)
-    return indices.numpy(), values.numpy()
-
-
-def normalize(x: Tensor) -> Tensor:
-    return F.normalize(x.float(), dim=-1)
