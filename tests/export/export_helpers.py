@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
+from fresh_python import run_isolated
 from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors
 from tokenizers.models import Unigram
 from transformers import PreTrainedTokenizerFast
@@ -87,20 +86,10 @@ def make_model(kind: str, config: ModelConfig, seed: int = 0, special_ids: tuple
     return perturb_(model, seed)
 
 
-def clean_env(tmp: Path) -> dict[str, str]:
-    """Environment of a fresh process that cannot see this repository."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp / "hf_home"),
-               TOKENIZERS_PARALLELISM="false", PYTHONNOUSERSITE="1")
-    return env
-
-
 def run_fresh(script: str, args: list[str], tmp: Path, timeout: int = 240,
               extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run the script file `script` with this interpreter from an empty cwd, without the repository on sys.path."""
+    """Run the script file `script` from an empty cwd, with our dependencies but not the repository importable.
+    The script's own folder (tests/export) is on its sys.path, the repository root is not."""
     cwd = tmp / "fresh_cwd"
     cwd.mkdir(exist_ok=True)
-    # -s: no user site-packages; the script's own folder (tests/export) is on sys.path, the repository root is not
-    env = {**clean_env(tmp), **(extra_env or {})}
-    return subprocess.run([sys.executable, "-s", script, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_isolated([script, *args], cwd, timeout, {"HF_HOME": str(tmp / "hf_home"), **(extra_env or {})})

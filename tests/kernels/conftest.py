@@ -1,7 +1,7 @@
 """Kernel tests run on a GPU when there is one, and in Triton's interpreter (NumPy, on CPU tensors) when not.
 
-TRITON_INTERPRET must be set before triton is first imported, which is why it happens here, at collection,
-and not inside a fixture.
+The root conftest sets TRITON_INTERPRET=1 when there is no GPU (it must precede the first `import triton`,
+which third-party packages may do at collection).
 """
 
 import os
@@ -10,9 +10,7 @@ import pytest
 import torch
 
 HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"
-
+assert HAS_CUDA or os.environ.get("TRITON_INTERPRET") == "1", "tests/conftest.py sets TRITON_INTERPRET on CPU"
 
 
 @pytest.fixture(autouse=True)
