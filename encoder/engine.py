@@ -28,6 +28,12 @@ from torch import Tensor, nn
 from .distributed import DistEnv, rank
 
 
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's LR on every group, times the group's own `lr_scale` (see `parameter_groups`)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
 class Engine:
     """Base: the unwrapped `model` (save, eval, set_rope) and the optimizer it steps."""
 
@@ -105,8 +111,7 @@ class PlainEngine(Engine):
 
     def step(self, lr: float, apply: bool = True) -> bool:
         if apply:
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(self.optimizer, lr)
             if self.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
             self.optimizer.step()
@@ -192,8 +197,7 @@ class DeepSpeedEngine(Engine):
         self.ds.backward(loss * self.env.world_size, scale_wrt_gas=False)
 
     def step(self, lr: float, apply: bool = True) -> bool:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         # a skipped (non-finite) step still goes through ds.step: ZeRO sees the non-finite gradient norm,
         # drops the gradients and does not update, which keeps its internal counters consistent on all ranks
         self.ds.step()

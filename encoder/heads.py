@@ -121,6 +121,12 @@ class TRMHead(nn.Module):
     def __init__(self, config: ModelConfig, special_token_ids: tuple[int, ...] = (0, 1, 2, 3)) -> None:
         super().__init__()
         self.sparse_linear = nn.Linear(config.hidden_size, 1)
+        # Every token starts with weight ~1 (the plain overlap count) rather than ReLU of a random projection:
+        # with the default init half the tokens start at 0 and get no gradient, and on cross-lingual pairs the
+        # lexical InfoNCE then drives the rest below 0 within a few dozen steps (a dead head). A small random
+        # W keeps tokens distinguishable, so the head learns which ones deserve weight.
+        nn.init.normal_(self.sparse_linear.weight, std=config.initializer_range)
+        nn.init.ones_(self.sparse_linear.bias)
         self.vocab_size = config.vocab_size
         # CLS/EOS/PAD/UNK (and MASK) carry no lexical meaning; a buffer so it follows .to(device)
         self.register_buffer("special_token_ids", torch.tensor(sorted(set(special_token_ids)), dtype=torch.long),

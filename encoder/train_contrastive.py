@@ -458,7 +458,7 @@ def train(config: TRMRunConfig, resume: str = "none") -> dict:
                           config.data.long_every)
     seed_everything(train_cfg.seed, rank_offset=env.rank)
     optimizer = build_optimizer(model, optim_cfg.lr, optim_cfg.weight_decay, optim_cfg.betas, optim_cfg.eps,
-                                optim_cfg.decoupled_weight_decay)
+                                optim_cfg.decoupled_weight_decay, optim_cfg.lr_scales)
     engine = build_engine(train_cfg.engine, model, optimizer, env, train_cfg.precision, 1, optim_cfg.max_grad_norm,
                           train_cfg.deepspeed_config)
     outputs = build_output_losses(config.loss, config.model.hidden_size)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,7 @@ class OptimConfig:
     warmup_ratio: float = 0.06
     final_lr_ratio: float = 0.0  # linear decay to this fraction of the peak
     max_grad_norm: float = 0.0  # 0 = no clipping (the reference uses none)
+    lr_scales: dict[str, float] = field(default_factory=dict)  # parameter-name prefix -> LR multiplier
 
 
 @dataclass
@@ -193,7 +194,7 @@ def train(config: MLMRunConfig, resume: str = "none", stop_after: int | None = N
     seed_everything(train_cfg.seed, rank_offset=env.rank)  # distinct dropout streams per rank
     optim_cfg = config.optim
     optimizer = build_optimizer(model, optim_cfg.lr, optim_cfg.weight_decay, optim_cfg.betas, optim_cfg.eps,
-                                optim_cfg.decoupled_weight_decay)
+                                optim_cfg.decoupled_weight_decay, optim_cfg.lr_scales)
     engine = build_engine(train_cfg.engine, model, optimizer, env, train_cfg.precision, train_cfg.grad_accum,
                           optim_cfg.max_grad_norm, train_cfg.deepspeed_config)
     manager = CheckpointManager(run_dir, config.checkpoint.keep_last)

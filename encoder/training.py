@@ -10,7 +10,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .distributed import all_reduce_sum
-from .engine import Engine, build_engine
+from .engine import Engine, build_engine, set_lr
 
 __all__ = ["Engine", "NonFiniteGuard", "NonFiniteLossError", "Progress", "TrainLogger", "build_engine",
            "build_optimizer", "lr_at", "parameter_groups", "plot_loss_curve", "read_metrics", "set_lr"]
@@ -26,27 +26,39 @@ log = logging.getLogger(__name__)
 
 
 # ---- optimizer --------------------------------------------------------------------------------------------
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: decayed matrices/embeddings, and biases + LayerNorm parameters without decay."""
+def parameter_groups(model: nn.Module, weight_decay: float,
+                     lr_scales: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
+    """AdamW groups: decayed matrices/embeddings, and biases + LayerNorm parameters without decay.
+
+    `lr_scales` maps parameter-name prefixes (e.g. "head.sparse_linear") to LR multipliers: matching
+    parameters get groups of their own carrying `lr_scale`, which `set_lr` applies to the schedule's LR.
+    The longest matching prefix wins; a prefix that matches nothing is an error (a typo would be silent).
+    """
+    lr_scales = dict(lr_scales or {})
+    unused = [p for p in lr_scales if not any(n.startswith(p) for n, _ in model.named_parameters())]
+    if unused:
+        raise ValueError(f"optim.lr_scales: no parameter name starts with {unused}")
     no_decay_ids = set()
     for module in model.modules():
         if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)):
             no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
-    decay, no_decay, seen = [], [], set()
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {(1.0, True): [], (1.0, False): []}
+    seen = set()
     for name, param in model.named_parameters():
         if not param.requires_grad or id(param) in seen:  # tied weights appear once
             continue
         seen.add(id(param))
-        if id(param) in no_decay_ids or name.endswith("bias") or param.dim() < 2:
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        prefix = max((p for p in lr_scales if name.startswith(p)), key=len, default=None)
+        decayed = not (id(param) in no_decay_ids or name.endswith("bias") or param.dim() < 2)
+        groups.setdefault((lr_scales[prefix] if prefix else 1.0, decayed), []).append(param)
+    return [{"params": params, "weight_decay": weight_decay if decayed else 0.0,
+             **({} if scale == 1.0 else {"lr_scale": scale})} for (scale, decayed), params in groups.items()]
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 1e-5, betas: tuple[float, float] = (0.9, 0.98),
-                    eps: float = 1e-6, decoupled: bool = True) -> torch.optim.AdamW:
-    """AdamW with no decay on biases / LayerNorm.
+                    eps: float = 1e-6, decoupled: bool = True,
+                    lr_scales: Mapping[str, float] | None = None) -> torch.optim.AdamW:
+    """AdamW with no decay on biases / LayerNorm, and per-prefix LR multipliers (see `parameter_groups`).
 
     decoupled=True is MosaicBERT's LR-decoupled decay (mGTE's recipe): each step shrinks weights by
     `weight_decay * lr_t / lr_peak`, independent of the LR's magnitude. torch's AdamW shrinks by
@@ -54,7 +66,10 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 1e-5, bet
     Keep the schedule's peak equal to `lr` for this to hold.
     """
     effective = weight_decay / lr if decoupled and weight_decay > 0 else weight_decay
-    return torch.optim.AdamW(parameter_groups(model, effective), lr=lr, betas=tuple(betas), eps=eps)
+    groups = parameter_groups(model, effective, lr_scales)
+    for group in groups:  # the first step must already be scaled (set_lr runs before every step too)
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
 
 
 def lr_at(step: int, total: int, warmup_ratio: float, peak: float, final_ratio: float = 0.0) -> float:
@@ -67,11 +82,6 @@ def lr_at(step: int, total: int, warmup_ratio: float, peak: float, final_ratio: 
         return peak * (step + 1) / warmup  # the first update already moves (no wasted lr=0 step)
     remaining = max(0.0, (total - step) / max(1, total - warmup))
     return peak * (final_ratio + (1.0 - final_ratio) * remaining)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
 
 
 # ---- non-finite guard -------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from encoder.train_reranker import train as train_reranker
 
 pytestmark = pytest.mark.slow  # minutes on 2 CPU cores; `make test-fast` skips it
 
-TRM_STEPS = 120
+TRM_STEPS = 300
 RERANKER_STEPS = 40
 
 
@@ -86,13 +86,12 @@ def test_hybrid_above_a_single_output_on_some_group(pipeline):
     assert ndcg(report, "hybrid") >= ndcg(report, "dense") - 1e-9  # γ from the dev split never hurts here
 
 
-@pytest.mark.xfail(strict=False, reason="known not to hold yet: the trained sparse head dies (ReLU outputs all <= 0 "
-                   "within ~10 steps at the toy LR), while the untrained model's random sparse weights already "
-                   "score lexical overlap (~0.37 nDCG@10), so trained hybrid (= dense) is only ~0.04-0.06 above it")
 def test_hybrid_clearly_beats_untrained_hybrid(pipeline):
     report = pipeline["report"]
+    # the untrained sparse head already scores plain token overlap (every weight starts near 1): the trained
+    # one must weigh the tokens that carry across languages (placeholders, numbers, names) above the rest
     assert ndcg(report, "hybrid") > ndcg(report, "untrained hybrid") + 0.1
-    assert ndcg(report, "sparse") > ndcg(report, "untrained sparse")
+    assert ndcg(report, "sparse") > ndcg(report, "untrained sparse") + 0.05
 
 
 @pytest.mark.xfail(strict=False, reason="known not to hold yet: at this budget (40 steps from the TRM encoder) the "

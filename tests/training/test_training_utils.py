@@ -15,6 +15,7 @@ from encoder.training import (
     lr_at,
     plot_loss_curve,
     read_metrics,
+    set_lr,
 )
 
 
@@ -28,6 +29,23 @@ def test_no_weight_decay_on_bias_and_layernorm():
     # LR-decoupled: lr * wd_group == wd, so each step shrinks by wd * lr_t / lr_peak
     assert math.isclose(decay["weight_decay"] * 1e-3, 1e-5)
     assert optimizer.defaults["betas"] == (0.9, 0.98) and optimizer.defaults["eps"] == 1e-6
+
+
+def test_lr_scales_give_prefixed_parameters_their_own_groups():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.0, lr_scales={"1": 0.1})
+    scaled = [g for g in optimizer.param_groups if g.get("lr_scale") == 0.1]
+    assert {id(p) for g in scaled for p in g["params"]} == {id(model[1].weight), id(model[1].bias)}
+    assert all(math.isclose(g["lr"], 1e-4) for g in scaled)  # already scaled before the first set_lr
+    set_lr(optimizer, 2e-3)
+    assert sorted(g["lr"] for g in optimizer.param_groups if g["params"]) == pytest.approx([2e-4, 2e-4, 2e-3, 2e-3])
+    before = model[1].weight.detach().clone(), model[0].weight.detach().clone()
+    model(torch.randn(3, 4)).sum().backward()
+    optimizer.step()  # Adam's first step moves every weight by ~lr: the scaled layer 10x less
+    moved = [(w - b).abs().max().item() for w, b in zip((model[1].weight, model[0].weight), before)]
+    assert moved[0] == pytest.approx(2e-4, rel=1e-2) and moved[1] == pytest.approx(2e-3, rel=1e-2)
+    with pytest.raises(ValueError, match="lr_scales"):
+        build_optimizer(model, lr=1e-3, lr_scales={"head.typo": 0.1})
 
 
 def test_lr_schedule_warmup_then_linear_decay():
