@@ -291,6 +291,13 @@ def read_longdoc_set(directory: str | Path) -> LongDocSet:
 
 
 # ---- training pairs --------------------------------------------------------------------------------------------
+def pair_needle_candidates(units: dict[str, Unit]) -> list[str]:
+    """Train units that may be the needle of a training pair; half of them at most are used (the rest fill)."""
+    # a needle must identify its unit: short strings ("Date") also occur inside unrelated passages
+    return sorted(k for k, u in units.items() if u.split == "train" and len(u.texts) > 1
+                  and min(map(len, u.texts.values())) >= MIN_MATCH_CHARS)
+
+
 def long_training_pairs(units: dict[str, Unit], tokenizer, lengths: Sequence[int] = (1024, 2048),
                         docs_per_length: int = 64, num_negatives: int = 3, seed: int = 0,
                         query_mode: str = "translation", languages: Sequence[str] | None = None
@@ -302,9 +309,7 @@ def long_training_pairs(units: dict[str, Unit], tokenizer, lengths: Sequence[int
     _check_mode(query_mode)
     tokens = Tokens(tokenizer)
     rng = random.Random(f"pairs-{seed}")
-    # a needle must identify its unit: short strings ("Date") also occur inside unrelated passages
-    candidates = sorted(k for k, u in units.items() if u.split == "train" and len(u.texts) > 1
-                        and min(map(len, u.texts.values())) >= MIN_MATCH_CHARS)
+    candidates = pair_needle_candidates(units)
     wanted = docs_per_length * len(lengths)
     if wanted > len(candidates) // 2:
         raise DataError(f"longdoc pairs: {wanted} needles wanted but only {len(candidates)} train units "

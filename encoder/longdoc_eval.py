@@ -40,11 +40,18 @@ OUTPUTS = {"dense": (1.0, 0.0), "sparse": (0.0, 1.0), "hybrid": (1.0, None)}  # 
 class LongDocEvalConfig:
     lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192])  # target document lengths
     queries_per_needle: int = 1  # queries (languages) per needle document
+    # same: the query is the needle's own text (classic needle in a haystack: can the model see it at all?);
+    # translation: the needle's unit in another language (cross-lingual, much harder for a toy model)
+    query_mode: str = "same"
     seed: int = 0
     gamma: float = -1.0  # hybrid sparse weight; < 0 = the main evaluation's tuned γ (else 0.1)
     rerank_top_k: int = 3  # whole-document dense candidates re-ordered by the reranker (0 = no reranking)
     heatmap_systems: list[str] = field(default_factory=lambda: ["whole dense", "trunc512 dense", "chunk512 dense",
                                                                 "whole hybrid", "bm25"])
+
+
+QUERY_WORDS = {"same": "the query is the needle's own text",
+               "translation": "the query is the needle in another language"}
 
 
 # ---- one set ------------------------------------------------------------------------------------------------
@@ -183,7 +190,7 @@ def plot_heatmaps(rows: list[dict], systems: Sequence[str], path: Path, metric: 
 def run_longdoc_eval(sets: Sequence[LongDocSet], tokenizer, trm: TextRepresentationModel | None,
                      reranker: Reranker | None = None, gamma: float = 0.1, rerank_top_k: int = 3,
                      out_dir: Path | None = None, heatmap_systems: Sequence[str] = (),
-                     progress=print) -> dict[str, Any]:
+                     progress=print, query_mode: str = "translation") -> dict[str, Any]:
     """Every set, every system; with `out_dir` writes longdoc.json, longdoc.md and longdoc_heatmap.png.
     Returns {"rows", "summary_md", "cells_md", and the paths written}."""
     rows = []
@@ -199,9 +206,9 @@ def run_longdoc_eval(sets: Sequence[LongDocSet], tokenizer, trm: TextRepresentat
         result["json"].write_text(json.dumps({"gamma": gamma, "rows": rows}, indent=1), encoding="utf-8")
         result["table_md"] = out_dir / "longdoc.md"
         result["table_md"].write_text(
-            "nDCG@10 on needle-in-a-haystack documents (one relevant document per query; the query is the needle "
-            f"in another language). `whole` = one vector per document, `trunc512` = the same model on the first "
-            f"512 tokens, `chunk512` = max over 512-token chunks; hybrid γ = {gamma:g}.\n\n"
+            "nDCG@10 on needle-in-a-haystack documents (one relevant document per query; "
+            f"{QUERY_WORDS.get(query_mode, query_mode)}). `whole` = one vector per document, `trunc512` = the same "
+            f"model on the first 512 tokens, `chunk512` = max over 512-token chunks; hybrid γ = {gamma:g}.\n\n"
             + result["summary_md"] + "\n\nBy length and needle position:\n\n" + result["cells_md"] + "\n",
             encoding="utf-8")
         result["heatmap_png"] = plot_heatmaps(rows, heatmap_systems or LongDocEvalConfig().heatmap_systems,
@@ -225,7 +232,7 @@ def pipeline_stage(pipeline, directory: Path) -> dict[str, Any]:
     units = load_units(pipeline.out("data", "root"))
     trm, tokenizer, _ = load_final(pipeline.out("trm_ft", "final"))
     sets = build_longdoc_sets(units, tokenizer, config.lengths, queries_per_needle=config.queries_per_needle,
-                              seed=config.seed)
+                              seed=config.seed, query_mode=config.query_mode)
     for data in sets.values():
         check_longdoc_set(data, units)
     write_longdoc_sets(sets, directory / "sets")
@@ -234,7 +241,8 @@ def pipeline_stage(pipeline, directory: Path) -> dict[str, Any]:
     if gamma < 0:
         gamma = (pipeline.records.get("evaluate", {}).get("outputs", {}).get("gamma")) or 0.1
     result = run_longdoc_eval(list(sets.values()), tokenizer, trm, reranker, gamma, config.rerank_top_k,
-                              directory, config.heatmap_systems, progress=lambda m: pipeline.log(f"[longdoc] {m}"))
+                              directory, config.heatmap_systems, progress=lambda m: pipeline.log(f"[longdoc] {m}"),
+                              query_mode=config.query_mode)
     return {"table_md": str(result["table_md"]), "heatmap_png": str(result["heatmap_png"]),
             "json": str(result["json"]), "sets": str(directory / "sets"), "gamma": gamma,
             "queries": sum(len(s.needles) for s in sets.values())}
@@ -283,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reranker", help="a reranker final/ directory")
     parser.add_argument("--gamma", type=float, default=0.1, help="hybrid sparse weight")
     parser.add_argument("--rerank-top-k", type=int, default=3)
+    parser.add_argument("--query-mode", choices=sorted(QUERY_WORDS), default="translation",
+                        help="how the sets were built (python -m data_prep.longdoc eval --query-mode); for the report")
     parser.add_argument("--out", default="runs/longdoc_eval")
     parser.add_argument("--memory", metavar="PRESET", help="only measure peak memory for one document")
     parser.add_argument("--length", type=int, default=8192, help="--memory: document length")
@@ -298,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     trm, tokenizer, _ = load_final(args.trm)
     reranker = load_final(args.reranker)[0] if args.reranker else None
     sets = [read_longdoc_set(d) for d in sorted(Path(args.sets).glob("len*"), key=lambda p: int(p.name[3:]))]
-    result = run_longdoc_eval(sets, tokenizer, trm, reranker, args.gamma, args.rerank_top_k, Path(args.out))
+    result = run_longdoc_eval(sets, tokenizer, trm, reranker, args.gamma, args.rerank_top_k, Path(args.out),
+                              query_mode=args.query_mode)
     print(result["summary_md"])
     print(f"wrote {result['table_md']}, {result['heatmap_png']}")
     return 0

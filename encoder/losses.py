@@ -15,7 +15,7 @@ DDP averages instead of summing, hence `ddp_loss_scale()`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -38,6 +38,10 @@ class LossConfig:
     matryoshka_step: int = 0  # > 0: every `step` dims up to hidden (mGTE: 32), used when dims is []
     matryoshka_weights: list[float] = field(default_factory=list)  # one per dim; [] = 1 each
     gather_across_devices: bool = True  # negatives from every rank (all-gather keeping local gradients)
+    # the sparse term only over queries that share a (non-special) token with their positive: for the others
+    # no lexical match exists, their term can only push every weight to 0, and on translation pairs that
+    # kills the head (measured: sparse nDCG@10 0.115 with, vs 0.478 for the untrained overlap count)
+    sparse_lexical_rows_only: bool = True
 
     def __post_init__(self) -> None:
         if self.dense_temperature <= 0 or self.sparse_temperature <= 0:
@@ -63,13 +67,19 @@ class LossConfig:
 
 # ---- the basic term ----------------------------------------------------------------------------------------
 def info_nce(scores: Tensor, temperature: float, labels: Tensor | None = None,
-             mask: Tensor | None = None) -> Tensor:
+             mask: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
     """Mean cross-entropy of `scores / temperature` `[Bq, Bd]` with targets `labels` (default: the diagonal).
 
     `mask` `[Bq, Bd]` (True = exclude) removes known false negatives; the target column is never excluded.
+    `rows` `[Bq]` bool keeps only those queries in the mean (none kept: a zero that still touches the graph).
     """
     if labels is None:
         labels = torch.arange(scores.shape[0], device=scores.device)
+    if rows is not None:
+        if not bool(rows.any()):
+            return scores.sum() * 0.0
+        scores, labels = scores[rows], labels[rows]
+        mask = mask[rows] if mask is not None else None
     logits = scores.float() / temperature
     if mask is not None:
         mask = mask.clone()
@@ -121,15 +131,18 @@ class LossOutput:
 
 
 def contrastive_loss(queries: TRMOutput, docs: TRMOutput, outputs: Sequence[OutputLoss],
-                     mask: Tensor | None = None) -> LossOutput:
-    """Σ_i weight_i · InfoNCE(score_fn_i(q, d) / τ_i); docs = [positives ; negatives] as described above."""
+                     mask: Tensor | None = None, row_masks: Mapping[str, Tensor] | None = None) -> LossOutput:
+    """Σ_i weight_i · InfoNCE(score_fn_i(q, d) / τ_i); docs = [positives ; negatives] as described above.
+    `row_masks` (output name -> `[Bq]` bool) restricts an output's term to some queries."""
+    row_masks = row_masks or {}
     if docs.cls_hidden.shape[0] < queries.cls_hidden.shape[0]:
         raise ValueError(f"docs: {docs.cls_hidden.shape[0]} documents for {queries.cls_hidden.shape[0]} queries; "
                          f"the first Bq documents must be the positives")
     total = queries.cls_hidden.new_zeros((), dtype=torch.float32)
     parts: dict[str, Tensor] = {}
     for output in outputs:
-        value = info_nce(output.score_fn(queries, docs), output.temperature, mask=mask)
+        value = info_nce(output.score_fn(queries, docs), output.temperature, mask=mask,
+                         rows=row_masks.get(output.name))
         total = total + output.weight * value
         parts[output.name] = value.detach()
     return LossOutput(loss=total, parts=parts)
@@ -179,18 +192,22 @@ def concat_trm(outputs: Sequence[TRMOutput]) -> TRMOutput:
 
 
 def global_pair_loss(queries: TRMOutput, positives: TRMOutput, negatives: TRMOutput | None,
-                     outputs: Sequence[OutputLoss], gather: bool = True, mask: Tensor | None = None) -> LossOutput:
+                     outputs: Sequence[OutputLoss], gather: bool = True, mask: Tensor | None = None,
+                     row_masks: Mapping[str, Tensor] | None = None) -> LossOutput:
     """The full-batch loss over every rank's queries, positives and hard negatives.
 
     Local rows: queries `[b]`, positives `[b]` (row i answers query i), negatives `[m]` (any number, may be
     None for in-batch-only pre-training). After gathering, documents are [all positives ; all negatives].
-    `mask` (True = not a negative, e.g. the same text as the positive) is over the gathered matrix.
+    `mask` (True = not a negative, e.g. the same text as the positive) is over the gathered matrix;
+    `row_masks` are local `[b]` and gathered here.
     """
     if gather:
         queries, positives = gather_trm(queries), gather_trm(positives)
         negatives = gather_trm(negatives) if negatives is not None else None
+        if row_masks and world_size() > 1:
+            row_masks = {k: all_gather_variable(v.long()).bool() for k, v in row_masks.items()}
     docs = positives if negatives is None else concat_trm([positives, negatives])
-    return contrastive_loss(queries, docs, outputs, mask=mask)
+    return contrastive_loss(queries, docs, outputs, mask=mask, row_masks=row_masks)
 
 
 def ddp_loss_scale(gathered: bool) -> float:

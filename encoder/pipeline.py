@@ -20,10 +20,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from .config import config_field, load_config
 STAGES = ("data", "tokenizer", "shards", "mlm_stage1", "mlm_stage2", "trm_cpt", "trm_ft", "reranker", "evaluate",
           "longdoc", "export", "report")
 DONE = "STAGE_DONE.json"
+STARTED = "STAGE_KEY"  # written when a stage starts: the settings its directory's contents belong to
 
 
 # ---- configuration ------------------------------------------------------------------------------------------
@@ -67,6 +69,11 @@ class PipelineConfig:
     mlm_stage2: StageConfig = config_field(StageConfig)
     trm_cpt: StageConfig = config_field(StageConfig)
     trm_ft: StageConfig = config_field(StageConfig)
+    # long-document pairs in TRM fine-tuning (query -> the whole long document holding it; data_prep.longdoc),
+    # built from the embedded data's train units; [] = none (the ablation)
+    long_pair_lengths: list[int] = field(default_factory=lambda: [1024, 2048])
+    long_pairs_per_length: int = 32
+    long_pair_query_mode: str = "same"  # same | translation (as longdoc_overrides' query_mode)
     reranker: StageConfig = config_field(StageConfig)
     rerank_top_k: int = 20
     longdoc: bool = True  # long-document needle evaluation (what 8192 tokens buy over 512)
@@ -128,7 +135,9 @@ class Pipeline:
     def _settings(self, name: str) -> Any:
         settings = {"data": asdict(self.config.data), "tokenizer": asdict(self.config.tokenizer),
                     "shards": self.config.shard_max_length, "evaluate": self.config.rerank_top_k,
-                    "longdoc": self.config.longdoc_overrides}.get(name)
+                    "longdoc": self.config.longdoc_overrides,
+                    "trm_ft": [asdict(self.config.trm_ft), self.config.long_pair_lengths,
+                               self.config.long_pairs_per_length, self.config.long_pair_query_mode]}.get(name)
         if settings is None and hasattr(self.config, name):
             settings = asdict(getattr(self.config, name))
         return settings
@@ -154,11 +163,25 @@ class Pipeline:
             self.records[name] = record
             return
         self.log(f"[pipeline] {name}: running")
+        self._clear_if_stale(stage, forced=name in self.force)
         stage.directory.mkdir(parents=True, exist_ok=True)
+        (stage.directory / STARTED).write_text(stage.key, encoding="utf-8")
         start = time.perf_counter()
         outputs = getattr(self, f"stage_{name}")(stage.directory)
         self.records[name] = stage.finish(outputs, time.perf_counter() - start)
         self.log(f"[pipeline] {name}: done in {self.records[name]['seconds']:.0f} s")
+
+    def _clear_if_stale(self, stage: Stage, forced: bool) -> None:
+        """A stage directory left by other settings (or a forced re-run) starts empty: its trainers resume
+        from checkpoints in there, which would silently skip training with the new settings. A directory
+        started with the same key (an interrupted run) is kept, so the stage resumes."""
+        if not stage.directory.exists():
+            return
+        started = stage.directory / STARTED
+        same = started.is_file() and started.read_text(encoding="utf-8") == stage.key
+        if forced or not same and (started.is_file() or stage.marker.is_file()):
+            self.log(f"[pipeline] {stage.name}: settings or inputs changed; clearing {stage.directory}")
+            shutil.rmtree(stage.directory)
 
     def out(self, stage: str, key: str) -> Any:
         return self.records[stage]["outputs"][key]
@@ -246,7 +269,33 @@ class Pipeline:
 
     def stage_trm_ft(self, directory: Path) -> dict:
         cpt = self.out("trm_cpt", "final")
-        return self._train_trm(self.config.trm_ft, directory, init_from=cpt, negatives_from=cpt)
+        stage = self.config.trm_ft
+        long_pairs = self._long_pairs(directory)
+        if long_pairs:
+            stage = replace(stage, overrides=[f"data.long_pairs={long_pairs}", *stage.overrides])
+        return {**self._train_trm(stage, directory, init_from=cpt, negatives_from=cpt), "long_pairs": long_pairs}
+
+    def _long_pairs(self, directory: Path) -> str:
+        """Long-document training pairs from the embedded units ("" when off or the data is not embedded)."""
+        if not self.config.long_pair_lengths or self.out("data", "source") != "embedded":
+            return ""
+        from data_prep.longdoc import load_units, long_training_pairs, pair_needle_candidates
+        from data_prep.pairs import write_pairs
+        from data_prep.tokenizer import load_tokenizer
+
+        path = directory / "long_pairs.jsonl"
+        if not path.is_file():  # written atomically, so an existing file is complete
+            units = load_units(self.out("data", "root"))
+            lengths = tuple(self.config.long_pair_lengths)
+            per_length = min(self.config.long_pairs_per_length, len(pair_needle_candidates(units)) // 2 // len(lengths))
+            if per_length < self.config.long_pairs_per_length:
+                self.log(f"[pipeline] trm_ft: {per_length} long pairs per length (the data has too few train units "
+                         f"for {self.config.long_pairs_per_length})")
+            write_pairs(long_training_pairs(units, load_tokenizer(self.out("tokenizer", "dir")), lengths=lengths,
+                                            docs_per_length=per_length,
+                                            seed=self.config.data.seed,
+                                            query_mode=self.config.long_pair_query_mode), path)
+        return str(path)
 
     def stage_reranker(self, directory: Path) -> dict:
         from .train_reranker import RerankerRunConfig, train

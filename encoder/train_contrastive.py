@@ -167,6 +167,7 @@ class PairBatch:
     negatives: list[list[int]]  # [m] hard negatives of all queries (any number)
     positive_keys: Tensor  # [b] int64 text keys
     negative_keys: Tensor  # [m]
+    lexical_overlap: Tensor | None = None  # [b] bool: query and positive share a non-special token
 
     @property
     def num_tokens(self) -> int:
@@ -231,6 +232,9 @@ class PairBatches:
         self.doc_keys = torch.tensor([text_key(t) for t in docs], dtype=torch.long)
         self.positive = np.array([row[r.positive] for r in records])
         self.negatives = [[row[n] for n in r.negatives] for r in records]
+        specials = set(special_ids(tokenizer).all_special)
+        self.lexical = np.array([bool((set(q) & set(self.doc_ids[d])) - specials)
+                                 for q, d in zip(self.query_ids, self.positive)])
 
     def batch(self, step: int) -> PairBatch:
         picked, members, rng = self.sampler.pick(step)
@@ -242,7 +246,8 @@ class PairBatches:
         positives = self.positive[picked]
         return PairBatch(queries=[self.query_ids[i] for i in picked], positives=[self.doc_ids[d] for d in positives],
                          negatives=[self.doc_ids[d] for d in negatives], positive_keys=self.doc_keys[positives],
-                         negative_keys=self.doc_keys[negatives] if negatives else torch.zeros(0, dtype=torch.long))
+                         negative_keys=self.doc_keys[negatives] if negatives else torch.zeros(0, dtype=torch.long),
+                         lexical_overlap=torch.from_numpy(self.lexical[picked]))
 
 
 LENGTH_BUCKETS = (512, 1024, 2048, 3072, 8192)  # mGTE Table 12's length edges (tokens)
@@ -387,7 +392,7 @@ def false_negative_mask(batch: PairBatch, device: torch.device, gather: bool) ->
 
 
 def trm_loss_fn(num_queries: int, num_negatives: int, inverse: Tensor, outputs, gather: bool,
-                mask: Tensor) -> Callable[[list[TRMOutput]], LossOutput]:
+                mask: Tensor, row_masks: dict[str, Tensor] | None = None) -> Callable[[list[TRMOutput]], LossOutput]:
     """The step's loss from the sub-batch representations (in plan order, restored by `inverse`)."""
     b, m = num_queries, num_negatives
 
@@ -397,7 +402,8 @@ def trm_loss_fn(num_queries: int, num_negatives: int, inverse: Tensor, outputs, 
         queries = select_rows(full, torch.arange(b, device=device))
         positives = select_rows(full, torch.arange(b, 2 * b, device=device))
         negatives = select_rows(full, torch.arange(2 * b, 2 * b + m, device=device)) if m else None
-        return global_pair_loss(queries, positives, negatives, outputs, gather=gather, mask=mask)
+        return global_pair_loss(queries, positives, negatives, outputs, gather=gather, mask=mask,
+                                row_masks=row_masks)
 
     return loss_fn
 
@@ -408,8 +414,10 @@ def trm_step(engine, batch: PairBatch, outputs, config: TRMRunConfig, device: to
     budget = config.data.sub_batch_tokens if config.data.grad_cache else sum(len(s) for s in sequences)
     chunks, inverse = plan_chunks(sequences, budget, device)
     gather = config.loss.gather_across_devices
+    row_masks = ({"sparse": batch.lexical_overlap.to(device)}
+                 if config.loss.sparse_lexical_rows_only and batch.lexical_overlap is not None else None)
     loss_fn = trm_loss_fn(len(batch.queries), len(batch.negatives), inverse, outputs, gather,
-                          false_negative_mask(batch, device, gather))
+                          false_negative_mask(batch, device, gather), row_masks)
 
     def forward(chunk: UnpaddedBatch) -> TRMOutput:
         with engine.autocast():

@@ -1,17 +1,23 @@
 """Fused rotary position embedding for packed q and k, in Triton (forward and backward).
 
     q_rot, k_rot = fused_rope(q, k, cos_table, sin_table, position_ids)
+    fused_rope(q, k, cos_table, sin_table, position_ids, inplace=True)   # rotates q and k themselves
 
 Rotate-half convention, exactly as encoder/rope.py: out = x * cos + rotate_half(x) * sin with
 rotate_half(x) = cat(-x2, x1) and cos/sin `[positions, d]` gathered by each token's position id. Written
 per half: out1 = x1 * cos1 - x2 * sin1, out2 = x2 * cos2 + x1 * sin2 (both table halves are read, so any
 table works, not only cat(freqs, freqs)).
 
-Out of place: q and k are typically strided views of the packed qkv `[T, 3, heads, d]` that autograd may
+Out of place by default: q and k are typically strided views of the packed qkv `[T, 3, heads, d]` that autograd may
 still need, so the kernel reads them through their strides and writes two new contiguous `[T, heads, d]`
 tensors; the inputs are left untouched. One launch rotates q and k together, so each token's cos/sin rows
 are gathered once and reused across all heads of both tensors. Arithmetic is fp32, rounded once on store
 (the torch path rounds after every op in the input dtype).
+
+`inplace=True` writes the rotation back into q and k (any token/head strides, unit feature stride), for
+inference or for callers that own their q/k buffers: each program loads both halves of a row before
+storing either, so reading and writing the same memory is safe. Under autograd the inputs are marked
+dirty, so using them after the call sees the rotated values, as with any in-place op.
 
 The backward is the same kernel: the rotation's transpose is out1 = g1 * cos1 + g2 * sin2,
 out2 = g2 * cos2 - g1 * sin1, i.e. the forward with (sin1, sin2) replaced by (-sin2, -sin1).
@@ -48,7 +54,7 @@ def _rotate_one_head(X, OUT, rows, row_mask, cols, col_mask, cos1, cos2, sin1, s
 def _rope_kernel(Q, K, Q_OUT, K_OUT, COS, SIN, POS, total_tokens, num_heads,
                  stride_qt, stride_qh, stride_kt, stride_kh, stride_qot, stride_qoh, stride_kot, stride_koh,
                  stride_table, HALF: tl.constexpr, HALF_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
-                 BACKWARD: tl.constexpr):
+                 BACKWARD: tl.constexpr, ROTATE_K: tl.constexpr):
     rows = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)  # 64-bit: T * strides > 2^31
     row_mask = rows < total_tokens
     cols = tl.arange(0, HALF_PAD)
@@ -65,22 +71,29 @@ def _rope_kernel(Q, K, Q_OUT, K_OUT, COS, SIN, POS, total_tokens, num_heads,
     for head in range(num_heads):
         _rotate_one_head(Q + head * stride_qh, Q_OUT + head * stride_qoh, rows, row_mask, cols, col_mask,
                          cos1, cos2, sin1, sin2, stride_qt, stride_qot, HALF)
-        _rotate_one_head(K + head * stride_kh, K_OUT + head * stride_koh, rows, row_mask, cols, col_mask,
-                         cos1, cos2, sin1, sin2, stride_kt, stride_kot, HALF)
+        if ROTATE_K:
+            _rotate_one_head(K + head * stride_kh, K_OUT + head * stride_koh, rows, row_mask, cols, col_mask,
+                             cos1, cos2, sin1, sin2, stride_kt, stride_kot, HALF)
 
 
-def _launch(q: Tensor, k: Tensor, cos_table: Tensor, sin_table: Tensor, position_ids: Tensor,
-            backward: bool) -> tuple[Tensor, Tensor]:
-    q, k = unit_stride_last(q), unit_stride_last(k)
+def _launch(q: Tensor, k: Tensor | None, cos_table: Tensor, sin_table: Tensor, position_ids: Tensor,
+            backward: bool, inplace: bool = False) -> tuple[Tensor, Tensor]:
+    """Rotate q and k (k=None: q only) into new tensors, or into themselves when `inplace`."""
+    rotate_k = k is not None
+    k = q if k is None else k
     total_tokens, heads, head_dim = q.shape
-    q_out = _utils.empty((total_tokens, heads, head_dim), q.dtype, q.device)
-    k_out = _utils.empty((total_tokens, heads, head_dim), q.dtype, q.device)
+    if inplace:
+        q_out, k_out = q, k
+    else:
+        q, k = unit_stride_last(q), unit_stride_last(k)
+        q_out = _utils.empty((total_tokens, heads, head_dim), q.dtype, q.device)
+        k_out = _utils.empty((total_tokens, heads, head_dim), q.dtype, q.device)
     half = head_dim // 2
     _rope_kernel[(triton.cdiv(total_tokens, BLOCK_T),)](
         q, k, q_out, k_out, cos_table, sin_table, position_ids, total_tokens, heads,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), q_out.stride(0), q_out.stride(1),
         k_out.stride(0), k_out.stride(1), cos_table.stride(0),
-        HALF=half, HALF_PAD=triton.next_power_of_2(half), BLOCK_T=BLOCK_T, BACKWARD=backward)
+        HALF=half, HALF_PAD=triton.next_power_of_2(half), BLOCK_T=BLOCK_T, BACKWARD=backward, ROTATE_K=rotate_k)
     return q_out, k_out
 
 
@@ -99,11 +112,27 @@ class FusedRope(torch.autograd.Function):
         return dq, dk, None, None, None
 
 
+class FusedRopeInplace(torch.autograd.Function):
+    """One tensor rotated in place. Autograd cannot mark two dirty outputs of one Function when they are
+    views (q and k of a packed qkv), so under autograd q and k each take one launch of this."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, cos_table: Tensor, sin_table: Tensor, position_ids: Tensor) -> Tensor:
+        ctx.save_for_backward(cos_table, sin_table, position_ids)
+        ctx.mark_dirty(x)
+        return _launch(x, None, cos_table, sin_table, position_ids, backward=False, inplace=True)[0]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        cos_table, sin_table, position_ids = ctx.saved_tensors
+        return _launch(grad, None, cos_table, sin_table, position_ids, backward=True)[0], None, None, None
+
+
 def fused_rope(q: Tensor, k: Tensor, cos_table: Tensor, sin_table: Tensor,
-               position_ids: Tensor) -> tuple[Tensor, Tensor]:
+               position_ids: Tensor, inplace: bool = False) -> tuple[Tensor, Tensor]:
     """q, k `[T, heads, d]` (any token/head strides), cos/sin tables `[positions, d]` (fp32),
-    position_ids `[T]` -> new contiguous rotated q, k in the input dtype. Differentiable in q and k only
-    (the tables are derived buffers)."""
+    position_ids `[T]` -> rotated q, k in the input dtype: new contiguous tensors, or q and k themselves
+    with `inplace=True`. Differentiable in q and k only (the tables are derived buffers)."""
     if q.dim() != 3 or q.shape != k.shape:
         raise ValueError(f"q, k: expected equal [T, heads, d] shapes, got {tuple(q.shape)}, {tuple(k.shape)}")
     head_dim = q.shape[-1]
@@ -121,4 +150,11 @@ def fused_rope(q: Tensor, k: Tensor, cos_table: Tensor, sin_table: Tensor,
                          f"{position_ids.device}")
     if position_ids.shape != q.shape[:1]:
         raise ValueError(f"position_ids: shape {tuple(position_ids.shape)} != [T] = {tuple(q.shape[:1])}")
-    return FusedRope.apply(q, k, cos_table, sin_table, position_ids)
+    if not inplace:
+        return FusedRope.apply(q, k, cos_table, sin_table, position_ids)
+    if q.stride(-1) != 1 or k.stride(-1) != 1:
+        raise ValueError("q, k: inplace=True needs unit stride along the feature dim")
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+        return (FusedRopeInplace.apply(q, cos_table, sin_table, position_ids),
+                FusedRopeInplace.apply(k, cos_table, sin_table, position_ids))
+    return _launch(q, k, cos_table, sin_table, position_ids, backward=False, inplace=True)  # one launch

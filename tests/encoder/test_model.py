@@ -80,6 +80,12 @@ def test_unknown_or_unavailable_backend_is_a_clear_error():
     assert resolve_backend_name("auto", "cpu") == "sdpa"
 
 
+def test_auto_picks_our_triton_kernels_on_cuda():
+    """The choice needs no GPU: the registry and the import guard decide (triton is a pinned dependency)."""
+    pytest.importorskip("triton", reason="triton not installed: auto would fall back to flash/xformers/sdpa")
+    assert resolve_backend_name("auto", "cuda") == "triton"
+
+
 # (c) the padded user path equals the unpadded path
 def test_padded_path_equals_unpadded_path():
     model = make_encoder()

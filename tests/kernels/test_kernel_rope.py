@@ -62,6 +62,31 @@ def test_inputs_untouched_and_outputs_new():
     assert q_rot.data_ptr() != qkv.data_ptr() and not torch.equal(q_rot, qkv[:, 0])
 
 
+@pytest.mark.parametrize("lengths", [[1], [7], [1, 300, 17, 64]], ids=["one-token", "seven", "mixed"])
+def test_inplace_rotates_the_inputs_and_back_propagates(lengths):
+    """inplace=True: q and k (strided views of qkv, as in the model) hold the rotation afterwards, equal to
+    the reference, and gradients through the in-place op reach the tensor they were cut from."""
+    rotary, positions, qkv, grads = setup(lengths, 3, 64, torch.float32, ntk_factor=4.0)
+    tables = (rotary.cos_table, rotary.sin_table, positions)
+    exact_outs, exact_dins = rotate_and_grads(lambda q, k: reference_rope(q, k, *tables), qkv.double(), grads)
+    leaf = qkv.detach().requires_grad_()
+    work = leaf * 1.0  # a non-leaf buffer autograd lets us write into
+    q_rot, k_rot = fused_rope(work[:, 0], work[:, 1], *tables, inplace=True)
+    assert q_rot.data_ptr() == work[:, 0].data_ptr() and k_rot.data_ptr() == work[:, 1].data_ptr()
+    torch.testing.assert_close(work[:, 0].double(), exact_outs[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(work[:, 1].double(), exact_outs[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(work[:, 2], qkv[:, 2])  # v untouched
+    ((q_rot * grads[0]).sum() + (k_rot * grads[1]).sum()).backward()
+    torch.testing.assert_close(leaf.grad[:, 0].double(), exact_dins[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(leaf.grad[:, 1].double(), exact_dins[1], atol=1e-5, rtol=1e-5)
+    plain = qkv.clone()  # without autograd: one launch rotates both
+    fused_rope(plain[:, 0], plain[:, 1], *tables, inplace=True)
+    torch.testing.assert_close(plain[:, :2], work[:, :2].detach(), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="unit stride"):
+        strided = qkv[:, :2].transpose(2, 3).contiguous().transpose(2, 3)  # same shape, feature stride != 1
+        fused_rope(strided[:, 0], strided[:, 1], *tables, inplace=True)
+
+
 def test_rotary_embedding_module_uses_kernel_when_asked():
     """encoder.rope.RotaryEmbedding(impl='triton') agrees with impl='torch' (NTK-scaled tables included)."""
     _, positions, qkv, _ = setup([1, 33, 70], 2, 64, torch.float32)

@@ -104,3 +104,19 @@ def test_rerun_skips_complete_stages(pipeline_run):
     assert time.perf_counter() - start < 30
     assert all("skipped" in m for m in messages if m.startswith("[pipeline]") and ": " in m and "all stages" not in m)
     assert {k: v["key"] for k, v in again.items()} == {k: v["key"] for k, v in records.items()}
+
+
+@pytest.mark.slow
+def test_changed_settings_retrain_from_scratch(pipeline_run, tmp_path):
+    """A stage whose settings changed must not resume the old run's checkpoints (that would skip training)."""
+    config, records, _, _ = pipeline_run
+    changed = load_config(PipelineConfig, ROOT / "configs/pipeline_tiny.yaml",
+                          [f"workdir={config.workdir}", *REDUCED, "reranker.overrides=[train.max_steps=12]"])
+    messages: list[str] = []
+    again = Pipeline(changed, log=messages.append).run(only=("reranker",))
+    assert any("reranker: settings or inputs changed" in m for m in messages)
+    assert again["reranker"]["key"] != records["reranker"]["key"]
+    run_dir = Path(again["reranker"]["outputs"]["run_dir"])
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 12 and steps == sorted(steps)  # a fresh 12-step run, not the old 30-step checkpoint
+    Pipeline(config, log=lambda _: None).run(only=("reranker",))  # restore for the other tests' module state

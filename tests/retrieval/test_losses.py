@@ -84,6 +84,35 @@ def test_sparse_loss_uses_lexical_overlap_and_its_own_temperature():
     assert result.loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+def test_row_mask_restricts_only_its_output_to_the_kept_queries():
+    q = SparseEmbedding(torch.tensor([0, 1]), torch.tensor([7, 9]), torch.tensor([1.0, 2.0]), 2)
+    d = SparseEmbedding(torch.tensor([0, 1, 1]), torch.tensor([7, 9, 7]), torch.tensor([0.5, 1.5, 0.25]), 2)
+    config = LossConfig(dense_weight=1.0, sparse_weight=1.0, sparse_temperature=0.2)
+    outputs = build_output_losses(config, hidden_size=4)
+    torch.manual_seed(0)
+    queries, docs = trm(torch.randn(2, 4), q), trm(torch.randn(2, 4), d)
+    full = contrastive_loss(queries, docs, outputs)
+    kept = contrastive_loss(queries, docs, outputs, row_masks={"sparse": torch.tensor([False, True])})
+    scores = torch.tensor([[0.5, 0.25], [0.0, 3.0]])
+    assert kept.parts["sparse"].item() == pytest.approx(F.cross_entropy(scores[1:] / 0.2, torch.tensor([1])).item())
+    assert kept.parts["sparse"].item() != pytest.approx(full.parts["sparse"].item())
+    assert kept.parts["dense@4"].item() == pytest.approx(full.parts["dense@4"].item())  # other outputs untouched
+    none = contrastive_loss(queries, docs, outputs, row_masks={"sparse": torch.tensor([False, False])})
+    assert none.parts["sparse"].item() == 0.0
+
+
+def test_pair_batches_flag_queries_without_a_shared_token(retrieval_tokenizer):
+    from data_prep.pairs import PairRecord
+    from encoder.train_contrastive import PairBatches, PairDataConfig
+
+    records = [PairRecord("Delete %(name)s", "Supprimer %(name)s"), PairRecord("Heute", "今日")]
+    batches = PairBatches(records, retrieval_tokenizer, PairDataConfig(batch_size=2, group_by="none"), seed=0)
+    flags = dict(zip((records[i].query for i in range(2)), batches.lexical.tolist()))
+    assert flags == {"Delete %(name)s": True, "Heute": False}
+    batch = batches.batch(0)
+    assert batch.lexical_overlap.dtype == torch.bool and len(batch.lexical_overlap) == 2
+
+
 def test_sparse_gradient_reaches_token_weights():
     weights = torch.tensor([1.0, 2.0], requires_grad=True)
     q = SparseEmbedding(torch.tensor([0, 1]), torch.tensor([7, 9]), weights, 2)
