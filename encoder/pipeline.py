@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .config import config_field, load_config
+from .config import config_field, load_config, read_yaml
 
 STAGES = ("data", "tokenizer", "shards", "mlm_stage1", "mlm_stage2", "trm_cpt", "trm_ft", "reranker", "evaluate",
           "longdoc", "export", "report")
@@ -140,6 +140,10 @@ class Pipeline:
                                self.config.long_pairs_per_length, self.config.long_pair_query_mode]}.get(name)
         if settings is None and hasattr(self.config, name):
             settings = asdict(getattr(self.config, name))
+        stage = getattr(self.config, name, None)
+        if isinstance(stage, StageConfig) and stage.config:
+            # the preset's resolved contents (with its `base:` chain): editing the YAML re-runs the stage
+            settings = [settings, read_yaml(stage.config)]
         return settings
 
     def _stage(self, name: str) -> Stage:

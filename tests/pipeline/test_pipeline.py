@@ -119,4 +119,16 @@ def test_changed_settings_retrain_from_scratch(pipeline_run, tmp_path):
     run_dir = Path(again["reranker"]["outputs"]["run_dir"])
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 12 and steps == sorted(steps)  # a fresh 12-step run, not the old 30-step checkpoint
+    # editing the preset file itself (same path, same overrides) also counts as changed settings
+    preset = tmp_path / "reranker.yaml"
+    preset.write_text((ROOT / "configs/tiny_reranker.yaml").read_text().replace("base: reranker.yaml",
+                                                                                 f"base: {ROOT}/configs/reranker.yaml"))
+    edited = load_config(PipelineConfig, ROOT / "configs/pipeline_tiny.yaml",
+                         [f"workdir={config.workdir}", *REDUCED, f"reranker.config={preset}",
+                          "reranker.overrides=[train.max_steps=8]"])
+    first = Pipeline(edited, log=lambda _: None).run(only=("reranker",))["reranker"]["key"]
+    preset.write_text(preset.read_text().replace("lr: 5.0e-4", "lr: 4.0e-4"))
+    messages.clear()
+    assert Pipeline(edited, log=messages.append).run(only=("reranker",))["reranker"]["key"] != first
+    assert any("reranker: settings or inputs changed" in m for m in messages)
     Pipeline(config, log=lambda _: None).run(only=("reranker",))  # restore for the other tests' module state

@@ -94,8 +94,10 @@ def test_hybrid_clearly_beats_untrained_hybrid(pipeline):
     assert ndcg(report, "sparse") > ndcg(report, "untrained sparse") + 0.05
 
 
-@pytest.mark.xfail(strict=False, reason="known not to hold yet: at this budget (40 steps from the TRM encoder) the "
-                   "cross-encoder's listwise loss stays near log(group size); see the retrieval report")
+@pytest.mark.xfail(strict=False, reason="does not hold at toy scale: the cross-encoder fits its training pairs "
+                   "(positive above a random document 92%) but not the held-out units; reranking the dense top-20 "
+                   "gives nDCG@10 0.11-0.34 against dense 0.62, at 40 to 1500 steps, from the TRM or the MLM, and "
+                   "dev-tuned fusion with the dense score never helps on test (measured, see the closing note)")
 def test_reranker_improves_over_its_first_stage(pipeline):
     report = pipeline["report"]
     assert ndcg(report, "dense + rerank@20") > ndcg(report, "dense") + 0.03
