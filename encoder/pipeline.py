@@ -183,7 +183,7 @@ class Pipeline:
             return
         started = stage.directory / STARTED
         same = started.is_file() and started.read_text(encoding="utf-8") == stage.key
-        if forced or not same and (started.is_file() or stage.marker.is_file()):
+        if forced or (not same and (started.is_file() or stage.marker.is_file())):
             self.log(f"[pipeline] {stage.name}: settings or inputs changed; clearing {stage.directory}")
             shutil.rmtree(stage.directory)
 

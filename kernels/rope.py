@@ -87,7 +87,8 @@ def _launch(q: Tensor, k: Tensor | None, cos_table: Tensor, sin_table: Tensor, p
     else:
         q, k = unit_stride_last(q), unit_stride_last(k)
         q_out = _utils.empty((total_tokens, heads, head_dim), q.dtype, q.device)
-        k_out = _utils.empty((total_tokens, heads, head_dim), q.dtype, q.device)
+        # q only (the in-place Function's backward): the kernel never touches K_OUT, so allocate nothing for it
+        k_out = _utils.empty((total_tokens, heads, head_dim), q.dtype, q.device) if rotate_k else q_out
     half = head_dim // 2
     _rope_kernel[(triton.cdiv(total_tokens, BLOCK_T),)](
         q, k, q_out, k_out, cos_table, sin_table, position_ids, total_tokens, heads,
