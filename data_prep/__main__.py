@@ -106,7 +106,8 @@ def _mine(args: argparse.Namespace) -> None:
     records = read_pairs(args.pairs)
     corpus = list(_texts_from(args.corpus)) if args.corpus else [r.positive for r in records]
     mined, stats = mine_hard_negatives(records, corpus, _load_encoder(args.encoder), args.num_negatives,
-                                       (args.rank_start, args.rank_end), batch_size=args.batch_size)
+                                       (args.rank_start, args.rank_end), batch_size=args.batch_size,
+                                       exclude_linked=not args.keep_linked)
     write_pairs(mined, args.out)
     print(f"{args.out}: {stats}")
 
@@ -172,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank-start", type=int, default=3, help="skip candidates ranked above this (false negatives)")
     p.add_argument("--rank-end", type=int, default=50, help="take negatives from ranks [start, end)")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--keep-linked", action="store_true",
+                   help="allow texts the pairs link to the query (e.g. its translations in other languages) as "
+                        "negatives; by default they count as known positives")
     p.set_defaults(func=_mine)
 
     p = steps.add_parser("beir-check", help="validate a BEIR directory and print its sizes")

@@ -87,11 +87,12 @@ def write_pairs(records: Sequence[PairRecord], path: str | Path) -> None:
 class MiningStats:
     records: int = 0
     short: int = 0  # records that got fewer negatives than asked (small corpus or narrow window)
-    skipped_as_positive: int = 0  # candidates dropped because they equal a positive / the query
+    skipped_as_positive: int = 0  # candidates dropped as known positives (linked to the query by the pairs) / the query
     negatives: dict = field(default_factory=dict)  # number of negatives -> records
 
 
-def _key(text: str) -> str:
+def normalise(text: str) -> str:
+    """The form in which two texts count as the same document: whitespace runs collapsed, case folded."""
     return " ".join(text.split()).casefold()
 
 
@@ -112,26 +113,64 @@ def encode_all(texts: Sequence[str], encode_fn: EncodeFn, batch_size: int = 256,
     return vectors
 
 
+def linked_texts(records: Sequence[PairRecord]) -> dict[str, frozenset[str]]:
+    """Normalised text -> every text the pairs link it to, itself included: the connected components of the
+    graph whose edges are (query, positive). Translation and paraphrase data pair each text with only a few of
+    its equivalents (de->ko, hi->en, ...), so "not this record's positive" is no proof of "not relevant": a
+    mined negative from the query's own component is an unlabelled positive, and training on it teaches the
+    model that translations do not match."""
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        parent.setdefault(key, key)
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]  # path halving
+            key = parent[key]
+        return key
+
+    for r in records:
+        a, b = root(normalise(r.query)), root(normalise(r.positive))
+        if a != b:
+            parent[a] = b
+    members: dict[str, set[str]] = {}
+    for key in list(parent):
+        members.setdefault(root(key), set()).add(key)
+    frozen = {top: frozenset(keys) for top, keys in members.items()}
+    return {key: frozen[root(key)] for key in parent}
+
+
+def equivalence_key(text: str, linked: dict[str, frozenset[str]]) -> str:
+    """One name for every text of `text`'s component in `linked` (its smallest member), or the normalised text
+    itself when the pairs never name it: equal names = known to match, never each other's negative."""
+    key = normalise(text)
+    return min(linked[key]) if key in linked else key
+
+
 def mine_hard_negatives(records: Sequence[PairRecord], corpus: Sequence[str], encode_fn: EncodeFn,
                         num_negatives: int = 8, rank_window: tuple[int, int] = (0, 100),
-                        batch_size: int = 256, progress: bool = True) -> tuple[list[PairRecord], MiningStats]:
+                        batch_size: int = 256, progress: bool = True,
+                        exclude_linked: bool = True) -> tuple[list[PairRecord], MiningStats]:
     """Give every record `num_negatives` hard negatives from `corpus` by dense search.
 
-    Candidates are ranked by cosine similarity to the query; texts equal to the record's positive(s) or
-    query (whitespace/case-insensitive) are removed first, then the first `num_negatives` candidates
-    whose rank lies in `[start, end)` are taken. Skipping the top ranks (start > 0) avoids unlabelled
-    positives, the usual failure of mined negatives.
+    Candidates are ranked by cosine similarity to the query; known positives are removed first (whitespace/
+    case-insensitive): the query itself, its positives, and with `exclude_linked` every text the pairs link
+    to it (see `linked_texts`); then the first `num_negatives` candidates whose rank lies in `[start, end)`
+    are taken. Skipping the top ranks (start > 0) avoids unlabelled positives the pairs do not name.
     """
     start, end = rank_window
     if not 0 <= start < end:
         raise ValueError(f"rank_window: expected 0 <= start < end, got {rank_window}")
     unique_corpus = list(dict.fromkeys(corpus))  # exact duplicates would fill the window with one text
-    corpus_keys = [_key(t) for t in unique_corpus]
+    corpus_keys = [normalise(t) for t in unique_corpus]
     doc_vectors = encode_all(unique_corpus, encode_fn, batch_size, "encode corpus", progress)  # [N, D]
     query_vectors = encode_all([r.query for r in records], encode_fn, batch_size, "encode queries", progress)
-    positives_of_query: dict[str, set[str]] = {}
-    for r in records:  # the same query may have several positive records: none of them is a negative
-        positives_of_query.setdefault(r.query, set()).add(_key(r.positive))
+    if exclude_linked:
+        linked = linked_texts(records)
+        known_positives = {r.query: linked[normalise(r.query)] for r in records}
+    else:  # the same query may have several positive records: none of them is a negative
+        known_positives = {}
+        for r in records:
+            known_positives.setdefault(r.query, set()).add(normalise(r.positive))
     stats = MiningStats(records=len(records))
     mined = []
     depth = min(len(unique_corpus), end + 16)
@@ -139,7 +178,7 @@ def mine_hard_negatives(records: Sequence[PairRecord], corpus: Sequence[str], en
         scores = query_vectors[first:first + batch_size] @ doc_vectors.T  # [Q, N]
         top = scores.topk(depth, dim=1).indices.tolist()
         for row, (record, ranked) in enumerate(zip(records[first:first + batch_size], top)):
-            excluded = positives_of_query[record.query] | {_key(record.query)}
+            excluded = known_positives[record.query] | {normalise(record.query)}
             kept = [i for i in ranked if corpus_keys[i] not in excluded]
             stats.skipped_as_positive += len(ranked) - len(kept)
             if len(kept) < end and depth < len(unique_corpus):

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from data_prep.pairs import PairRecord, mine_hard_negatives, read_pairs
+from data_prep.pairs import PairRecord, equivalence_key, linked_texts, mine_hard_negatives, read_pairs
 from data_prep.sampling import sampling_probabilities
 from data_prep.tokenizer import load_tokenizer, special_ids
 
@@ -160,6 +160,14 @@ def text_key(text: str) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+def equivalence_keys(records: Sequence[PairRecord], docs: Sequence[str]) -> np.ndarray:
+    """`[len(docs)]` int64 keys, equal for documents the pairs link (see `data_prep.pairs.linked_texts`): in
+    translation data another query's positive is often a translation of this query's, and must be masked as a
+    false negative, not pushed away; unlinked documents keep a key of their own text."""
+    linked = linked_texts(records)
+    return np.array([text_key(equivalence_key(t, linked)) for t in docs], dtype=np.int64)
+
+
 @dataclass
 class PairBatch:
     queries: list[list[int]]  # [b] token ids
@@ -203,16 +211,16 @@ class GroupedRecords:
 
 
 def pick_negatives(own: int, mined: Sequence[int], hard: int, random: int, members_docs: np.ndarray,
-                   rng: np.random.Generator) -> list[int]:
+                   doc_keys: np.ndarray, rng: np.random.Generator) -> list[int]:
     """`hard` of the mined negatives (topped up with random ones when short) + `random` random documents of
-    the same group, never the record's own positive `own`."""
+    the same group, never one with the key of the record's own positive `own` (itself or a linked text)."""
     chosen = [int(c) for c in rng.choice(mined, size=min(hard, len(mined)), replace=False)] if mined else []
     wanted = hard + random
     for _ in range(100 * max(wanted, 1)):
         if len(chosen) >= wanted:
             break
         candidate = int(rng.choice(members_docs))
-        if candidate != own:
+        if doc_keys[candidate] != doc_keys[own]:
             chosen.append(candidate)
     return chosen
 
@@ -229,7 +237,7 @@ class PairBatches:
         doc_ids, _ = tokenize_texts(tokenizer, docs, config.max_doc_length)
         row = {text: i for i, text in enumerate(docs)}
         self.query_ids, self.doc_ids = queries, doc_ids
-        self.doc_keys = torch.tensor([text_key(t) for t in docs], dtype=torch.long)
+        self.doc_keys = torch.from_numpy(equivalence_keys(records, docs))
         self.positive = np.array([row[r.positive] for r in records])
         self.negatives = [[row[n] for n in r.negatives] for r in records]
         specials = set(special_ids(tokenizer).all_special)
@@ -242,7 +250,7 @@ class PairBatches:
         if self.config.num_hard_negatives:
             for i in picked:
                 negatives += pick_negatives(int(self.positive[i]), self.negatives[i], self.config.num_hard_negatives,
-                                            0, self.positive[members], rng)
+                                            0, self.positive[members], self.doc_keys.numpy(), rng)
         positives = self.positive[picked]
         return PairBatch(queries=[self.query_ids[i] for i in picked], positives=[self.doc_ids[d] for d in positives],
                          negatives=[self.doc_ids[d] for d in negatives], positive_keys=self.doc_keys[positives],
@@ -384,7 +392,8 @@ def plan_chunks(sequences: list[list[int]], budget: int, device: torch.device) -
 
 # ---- the step -----------------------------------------------------------------------------------------------
 def false_negative_mask(batch: PairBatch, device: torch.device, gather: bool) -> Tensor:
-    """`[B, B + M]` (global when gathering): True where a document is the same text as the query's positive."""
+    """`[B, B + M]` (global when gathering): True where a document has the key of the query's positive (the
+    same text, or one the pairs link to it)."""
     pos, neg = batch.positive_keys.to(device), batch.negative_keys.to(device)
     if gather:
         pos, neg = all_gather_variable(pos), all_gather_variable(neg)

@@ -32,6 +32,7 @@ from .losses import LossOutput
 from .train_contrastive import (
     GroupedRecords,
     LengthBuckets,
+    equivalence_keys,
     grad_cache_step,
     interleave,
     load_encoder_weights,
@@ -106,6 +107,7 @@ class RerankGroups:
         row = {text: i for i, text in enumerate(self.docs)}
         self.positive = np.array([row[r.positive] for r in records])
         self.negatives = [[row[n] for n in r.negatives] for r in records]
+        self.doc_keys = equivalence_keys(records, self.docs)
 
     def batch(self, step: int) -> list[list[tuple[str, str]]]:
         picked, members, rng = self.sampler.pick(step)
@@ -113,7 +115,7 @@ class RerankGroups:
         for i in picked:
             own = int(self.positive[i])
             negatives = pick_negatives(own, self.negatives[i], self.config.num_hard_negatives,
-                                       self.config.num_random_negatives, self.positive[members], rng)
+                                       self.config.num_random_negatives, self.positive[members], self.doc_keys, rng)
             query = self.records[i].query
             groups.append([(query, self.docs[own])] + [(query, self.docs[d]) for d in negatives])
         return groups

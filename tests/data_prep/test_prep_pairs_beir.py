@@ -7,7 +7,7 @@ import torch
 
 from data_prep.beir import BeirData, read_beir, write_beir
 from data_prep.files import DataError
-from data_prep.pairs import PairRecord, hashing_encoder, mine_hard_negatives, read_pairs, write_pairs
+from data_prep.pairs import PairRecord, hashing_encoder, linked_texts, mine_hard_negatives, read_pairs, write_pairs
 
 
 def test_pairs_round_trip(tmp_path):
@@ -46,6 +46,35 @@ def test_mining_skips_positives_and_respects_the_window():
     skipped, _ = mine_hard_negatives(records, corpus, encode, num_negatives=2, rank_window=(1, 10), progress=False)
     assert skipped[0].negatives == negatives[1:3]
     assert stats.skipped_as_positive >= 2
+
+
+def test_linked_texts_are_the_components_of_the_pair_graph():
+    records = [PairRecord("Heute", "Today"), PairRecord("Aujourd'hui", "今日"), PairRecord("今日", "today "),
+               PairRecord("Morgen", "Tomorrow")]
+    linked = linked_texts(records)
+    today = {"heute", "today", "aujourd'hui", "今日"}  # normalised: case and whitespace folded
+    assert linked["heute"] == linked["今日"] == today
+    assert linked["morgen"] == {"morgen", "tomorrow"}
+
+
+def test_mining_never_takes_a_linked_text_as_a_negative():
+    # translation data pairs each text with only some of its equivalents: "Heute" is never paired with
+    # "Aujourd'hui", yet it is a translation of it, and the nearest candidate by construction
+    records = [PairRecord("Heute ist Montag", "Today is Monday"), PairRecord("Today is Monday", "Hoy es lunes"),
+               PairRecord("Hoy es lunes", "Heute ist Montag!"), PairRecord("Morgen ist Dienstag", "Tomorrow")]
+    corpus = ["Today is Monday", "Hoy es lunes", "Heute ist Montag!", "Tomorrow", "Heute ist Dienstag",
+              "stock prices fell"]
+    encode = hashing_encoder()
+    mined, stats = mine_hard_negatives(records, corpus, encode, num_negatives=2, rank_window=(0, 10),
+                                       progress=False)
+    for record in mined[:3]:
+        assert not {"Today is Monday", "Hoy es lunes", "Heute ist Montag!"} & set(record.negatives), record
+    assert "Heute ist Dienstag" in mined[0].negatives  # the nearest real negative survives
+    assert stats.skipped_as_positive >= 6
+    # the old behaviour, on request: only the record's own positive(s) and the query are excluded
+    kept, _ = mine_hard_negatives(records, corpus, encode, num_negatives=2, rank_window=(0, 10), progress=False,
+                                  exclude_linked=False)
+    assert "Heute ist Montag!" in kept[0].negatives + kept[1].negatives
 
 
 def test_mining_rejects_unnormalised_vectors():

@@ -113,6 +113,34 @@ def test_pair_batches_flag_queries_without_a_shared_token(retrieval_tokenizer):
     assert batch.lexical_overlap.dtype == torch.bool and len(batch.lexical_overlap) == 2
 
 
+def test_linked_positives_are_masked_in_batch_and_never_drawn_as_negatives(retrieval_tokenizer):
+    """Two records of one translation unit (de->en, fr->ko: linked through en<->ko) must not be each other's
+    in-batch negative, nor each other's random negative in the reranker's groups."""
+    from data_prep.pairs import PairRecord
+    from encoder.train_contrastive import PairBatches, PairDataConfig, false_negative_mask
+    from encoder.train_reranker import RerankerDataConfig, RerankGroups
+
+    records = [PairRecord("Löschen", "Delete"), PairRecord("Supprimer", "삭제"), PairRecord("Delete", "삭제"),
+               PairRecord("Heute", "Today")]
+    batches = PairBatches(records, retrieval_tokenizer, PairDataConfig(batch_size=4, group_by="none"), seed=0)
+    batch = batches.batch(0)
+    mask = false_negative_mask(batch, torch.device("cpu"), gather=False)
+    unit = [batches.doc_keys[batches.positive[i]].item() for i in range(4)]
+    assert unit[0] == unit[1] == unit[2] != unit[3]
+    keys = batch.positive_keys.tolist()
+    expected = torch.tensor([[a == b for b in keys] for a in keys])
+    assert torch.equal(mask, expected) and mask.sum().item() == 3 * 3 + 1
+
+    groups = RerankGroups(records, RerankerDataConfig(batch_size=4, group_by="none", num_hard_negatives=0,
+                                                      num_random_negatives=3), seed=0)
+    for step in range(20):
+        for group in groups.batch(step):
+            (query, positive), negatives = group[0], [doc for _, doc in group[1:]]
+            assert len(negatives) == 3
+            if positive in ("Delete", "삭제"):
+                assert set(negatives) == {"Today"}, (query, negatives)
+
+
 def test_sparse_gradient_reaches_token_weights():
     weights = torch.tensor([1.0, 2.0], requires_grad=True)
     q = SparseEmbedding(torch.tensor([0, 1]), torch.tensor([7, 9]), weights, 2)
