@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from data_prep.pairs import PairRecord, equivalence_key, linked_texts, mine_hard_negatives, read_pairs
+from data_prep.pairs import PairRecord, equivalence_key, linked_texts, mine_hard_negatives, normalise, read_pairs
 from data_prep.sampling import sampling_probabilities
 from data_prep.tokenizer import load_tokenizer, special_ids
 
@@ -156,16 +156,28 @@ def load_final(directory: str | Path, map_location: str = "cpu") -> tuple[torch.
 # ---- data ---------------------------------------------------------------------------------------------------
 def text_key(text: str) -> int:
     """A 63-bit key of the normalised text: equal keys = the same document (a false negative to mask)."""
-    digest = hashlib.blake2b(" ".join(text.split()).casefold().encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(normalise(text).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
 
 
-def equivalence_keys(records: Sequence[PairRecord], docs: Sequence[str]) -> np.ndarray:
-    """`[len(docs)]` int64 keys, equal for documents the pairs link (see `data_prep.pairs.linked_texts`): in
-    translation data another query's positive is often a translation of this query's, and must be masked as a
-    false negative, not pushed away; unlinked documents keep a key of their own text."""
-    linked = linked_texts(records)
-    return np.array([text_key(equivalence_key(t, linked)) for t in docs], dtype=np.int64)
+@dataclass
+class PairDocuments:
+    """Every distinct document of the pair records (positives, then mined negatives), indexed once."""
+    texts: list[str]
+    positive: np.ndarray  # [records] row of each record's positive
+    negatives: list[list[int]]  # [records] rows of each record's mined negatives
+    keys: np.ndarray  # [documents] int64, equal for documents the pairs link (see `data_prep.pairs.linked_texts`)
+
+    @classmethod
+    def of(cls, records: Sequence[PairRecord]) -> PairDocuments:
+        """In translation data another query's positive is often a translation of this query's: equal keys mark
+        it a false negative to mask, not a document to push away; unlinked documents keep a key of their own."""
+        texts = list(dict.fromkeys([r.positive for r in records] + [n for r in records for n in r.negatives]))
+        row = {text: i for i, text in enumerate(texts)}
+        linked = linked_texts(records)
+        return cls(texts=texts, positive=np.array([row[r.positive] for r in records]),
+                   negatives=[[row[n] for n in r.negatives] for r in records],
+                   keys=np.array([text_key(equivalence_key(t, linked)) for t in texts], dtype=np.int64))
 
 
 @dataclass
@@ -233,13 +245,10 @@ class PairBatches:
         self.config = config
         self.sampler = GroupedRecords(records, config.group_by, config.alpha, config.batch_size, seed, rank)
         queries, _ = tokenize_texts(tokenizer, [r.query for r in records], config.max_query_length)
-        docs = list(dict.fromkeys([r.positive for r in records] + [n for r in records for n in r.negatives]))
-        doc_ids, _ = tokenize_texts(tokenizer, docs, config.max_doc_length)
-        row = {text: i for i, text in enumerate(docs)}
+        docs = PairDocuments.of(records)
+        doc_ids, _ = tokenize_texts(tokenizer, docs.texts, config.max_doc_length)
         self.query_ids, self.doc_ids = queries, doc_ids
-        self.doc_keys = torch.from_numpy(equivalence_keys(records, docs))
-        self.positive = np.array([row[r.positive] for r in records])
-        self.negatives = [[row[n] for n in r.negatives] for r in records]
+        self.positive, self.negatives, self.doc_keys = docs.positive, docs.negatives, torch.from_numpy(docs.keys)
         specials = set(special_ids(tokenizer).all_special)
         self.lexical = np.array([bool((set(q) & set(self.doc_ids[d])) - specials)
                                  for q, d in zip(self.query_ids, self.positive)])

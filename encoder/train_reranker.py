@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -32,7 +31,7 @@ from .losses import LossOutput
 from .train_contrastive import (
     GroupedRecords,
     LengthBuckets,
-    equivalence_keys,
+    PairDocuments,
     grad_cache_step,
     interleave,
     load_encoder_weights,
@@ -103,11 +102,8 @@ class RerankGroups:
     def __init__(self, records: Sequence[PairRecord], config: RerankerDataConfig, seed: int, rank: int = 0) -> None:
         self.records, self.config = list(records), config
         self.sampler = GroupedRecords(records, config.group_by, config.alpha, config.batch_size, seed, rank)
-        self.docs = list(dict.fromkeys([r.positive for r in records] + [n for r in records for n in r.negatives]))
-        row = {text: i for i, text in enumerate(self.docs)}
-        self.positive = np.array([row[r.positive] for r in records])
-        self.negatives = [[row[n] for n in r.negatives] for r in records]
-        self.doc_keys = equivalence_keys(records, self.docs)
+        docs = PairDocuments.of(records)
+        self.docs, self.positive, self.negatives, self.doc_keys = docs.texts, docs.positive, docs.negatives, docs.keys
 
     def batch(self, step: int) -> list[list[tuple[str, str]]]:
         picked, members, rng = self.sampler.pick(step)
