@@ -33,16 +33,18 @@ def _texts_from(paths: list[str]):
 
 
 def _tokenizer(args: argparse.Namespace) -> None:
-    from data_prep.tokenizer import load_tokenizer, save_hf_tokenizer, special_ids, train_sentencepiece
+    from data_prep.tokenizer import load_tokenizer, save_hf_tokenizer, special_ids, train_tokenizer_from_files
 
     if args.spm_model:
-        spm_path = Path(args.spm_model)
-    else:
-        if not args.input:
-            raise SystemExit("tokenizer: give --input files to train on, or --spm-model to convert")
-        spm_path = train_sentencepiece(_texts_from(args.input), Path(args.out) / "spm", vocab_size=args.vocab_size)
-    save_hf_tokenizer(spm_path, args.out, model_max_length=args.max_length)
-    print(f"{args.out}: {special_ids(load_tokenizer(args.out))}")
+        save_hf_tokenizer(args.spm_model, args.out, model_max_length=args.max_length)
+        print(f"{args.out}: {special_ids(load_tokenizer(args.out))}")
+        return
+    if not args.input:
+        raise SystemExit("tokenizer: give --input files to train on, or --spm-model to convert")
+    result = train_tokenizer_from_files(args.input, args.out, vocab_size=args.vocab_size,
+                                        text_field=args.text_field, on_bad_line=args.on_bad_line,
+                                        model_max_length=args.max_length)
+    print(f"{result.directory}: {result.texts} texts, skipped {result.skipped}; {result.special_ids}")
 
 
 def _sources(args: argparse.Namespace):
@@ -51,12 +53,16 @@ def _sources(args: argparse.Namespace):
     sources = []
     for spec in args.source or []:
         lang, _, path = spec.partition("=")
-        if not path:
+        if not lang or not path:
             raise SystemExit(f"--source {spec!r}: expected LANG=PATH")
         sources.append(CorpusSource(lang, path, text_field=args.text_field))
     if args.embedded_dir:
-        for path in sorted(Path(args.embedded_dir, "mlm").glob("*.jsonl")):
-            sources.append(CorpusSource(path.stem, str(path)))
+        mlm = sorted(Path(args.embedded_dir, "mlm").glob("*.jsonl"))
+        if not mlm:
+            raise SystemExit(f"--embedded-dir {args.embedded_dir}: no mlm/*.jsonl files there")
+        sources += [CorpusSource(path.stem, str(path)) for path in mlm]
+    if not sources:
+        raise SystemExit("shards: give --source LANG=PATH or --embedded-dir")
     return sources
 
 
@@ -118,6 +124,22 @@ def _beir_check(args: argparse.Namespace) -> None:
     print(json.dumps(read_beir(args.directory).summary()))
 
 
+def _at_least(minimum: int):
+    """argparse type: an int >= minimum (a bad value stops at parse time, before any output is touched)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {minimum}")
+        return value
+
+    parse.__name__ = f"int >= {minimum}"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__)
     steps = parser.add_subparsers(dest="step", required=True, metavar="STEP")
@@ -131,10 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_embedded)
 
     p = steps.add_parser("tokenizer", help="train a sentencepiece unigram model (or convert one) -> HF tokenizer")
-    p.add_argument("--input", nargs="*", help="training text: .jsonl (field 'text') or plain text files")
+    p.add_argument("--input", nargs="*", help="training text: .jsonl/.json (one object a line) or .txt (one text "
+                   "a line) files")
     p.add_argument("--spm-model", help="convert this XLM-R style sentencepiece.bpe.model instead of training")
-    p.add_argument("--vocab-size", type=int, default=32000, help="sentencepiece pieces (XLM-R: 250000)")
-    p.add_argument("--max-length", type=int, default=8192, help="model_max_length saved in the tokenizer config")
+    p.add_argument("--vocab-size", type=_at_least(260), default=32000,
+                   help="sentencepiece pieces (XLM-R: 250000; at least 260)")
+    p.add_argument("--text-field", default="text", help="field holding the text in jsonl input")
+    p.add_argument("--on-bad-line", default="skip", choices=["skip", "raise"],
+                   help="invalid UTF-8/JSON lines: skip and count (as the shards step does) or stop")
+    p.add_argument("--max-length", type=_at_least(1), default=8192,
+                   help="model_max_length saved in the tokenizer config")
     p.add_argument("--out", required=True, help="output directory (AutoTokenizer.from_pretrained loads it)")
     p.set_defaults(func=_tokenizer)
 
@@ -144,10 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", action="append", help="LANG=PATH (jsonl/json/parquet/txt, glob, or hub name)")
     p.add_argument("--embedded-dir", help="use every mlm/<lang>.jsonl of an embedded data directory")
     p.add_argument("--text-field", default="text", help="field holding the text in jsonl/parquet sources")
-    p.add_argument("--max-length", type=int, default=8192, help="tokens per sequence incl. <s> and </s>")
+    p.add_argument("--max-length", type=_at_least(3), default=8192, help="tokens per sequence incl. <s> and </s>")
     p.add_argument("--normalization", default="NFC", choices=["NFC", "NFKC"], help="unicode normal form")
-    p.add_argument("--num-proc", type=int, default=1, help="datasets.map worker processes")
-    p.add_argument("--shard-tokens", type=int, default=64 << 20, help="tokens per shard file")
+    p.add_argument("--num-proc", type=_at_least(1), default=1, help="datasets.map worker processes")
+    p.add_argument("--shard-tokens", type=_at_least(1), default=64 << 20, help="tokens per shard file")
     p.add_argument("--on-bad-line", default="skip", choices=["skip", "raise"], help="invalid UTF-8/JSON lines")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_shards)

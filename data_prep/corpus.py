@@ -6,14 +6,19 @@ Layout of an output directory:
     manifest.json                    counts per language (docs, tokens, skips by reason), shard checksums
 
 Every sequence is `<s> ... </s>` and at most `max_length` tokens: longer documents are split into chunks.
-Files are written under temporary names and renamed; the manifest is written last and removed first when
-a directory is rebuilt, so a crash never leaves shards that a reader would accept as complete.
+Config, sources and tokenizer are checked before anything is written; the new shards are built in a
+temporary directory inside `out_dir` and swapped in only when the build succeeded (the old manifest is
+removed first and the new one written last), so bad input never touches the shards of an earlier run and
+a crash never leaves shards that a reader would accept as complete.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import logging
+import os
 import re
 import tempfile
 import time
@@ -27,7 +32,16 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from data_prep.files import DataError, atomic_path, copy_without_lines, scan_lines, sha256_file, write_json
+from data_prep.files import (
+    DataError,
+    MissingFileError,
+    atomic_path,
+    copy_without_lines,
+    require_file,
+    scan_lines,
+    sha256_file,
+    write_json,
+)
 from data_prep.shards import FORMAT, ShardReader
 from data_prep.tokenizer import load_tokenizer, special_ids
 
@@ -35,6 +49,8 @@ log = logging.getLogger(__name__)
 __all__ = ["CorpusSource", "ShardConfig", "ShardReader", "build_shards", "clean_text", "chunk_ids"]
 
 LOCAL_KINDS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
+NORMAL_FORMS = ("NFC", "NFKC", "NFD", "NFKD")
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "org/name" as the hub spells dataset ids
 # C0/C1 control characters except tab and newline; carriage returns become newlines first
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b\ufeff]")
 
@@ -67,6 +83,18 @@ class ShardConfig:
     num_proc: int = 1  # >1: `datasets.map` workers; 1: the Rust tokenizer's own threads
     on_bad_line: str = "skip"  # invalid UTF-8 / JSON lines: "skip" (counted) or "raise"
     dedup: bool = True  # drop exact duplicates (after cleaning) within a language
+
+    def __post_init__(self) -> None:
+        minimums = {"max_length": 3, "max_doc_chars": 1, "min_tokens": 1, "shard_tokens": 1, "batch_size": 1,
+                    "num_proc": 1}  # max_length 3: <s>, one content token, </s>
+        for name, minimum in minimums.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < minimum:
+                raise ValueError(f"ShardConfig.{name}: {value!r} is not an integer >= {minimum}")
+        if self.normalization not in NORMAL_FORMS:
+            raise ValueError(f"ShardConfig.normalization: {self.normalization!r} is not one of {NORMAL_FORMS}")
+        if self.on_bad_line not in ("skip", "raise"):
+            raise ValueError(f"ShardConfig.on_bad_line: expected 'skip' or 'raise', got {self.on_bad_line!r}")
 
 
 @dataclass
@@ -110,33 +138,49 @@ def chunk_ids(ids: Sequence[int], max_length: int, cls_id: int, sep_id: int, min
 
 
 # ---- reading ---------------------------------------------------------------------------------------------
+def source_files(source: CorpusSource) -> list[Path]:
+    """The local files of a source (checked to exist and be readable); [] for a hub dataset name."""
+    kind = source.kind
+    if kind == "hub":
+        if Path(source.path).exists():
+            raise DataError(f"{source.path}: unknown file type (expected one of {sorted(LOCAL_KINDS)})")
+        looks_local = Path(source.path.split("/")[0]).is_dir()  # "data/de.jsonll" is a typo, not org "data"
+        if looks_local or not _HUB_NAME.fullmatch(source.path):
+            raise MissingFileError(f"{source.path}: input file not found (and not a hub dataset name 'org/name')")
+        return []
+    if any(c in source.path for c in "*?["):
+        files = sorted(Path(p) for p in glob.glob(source.path, recursive=True))
+        if not files:
+            raise DataError(f"{source.path}: no file matches this pattern")
+    else:
+        files = [Path(source.path)]
+    return [_require_parquet(path) if kind == "parquet" else require_file(path) for path in files]
+
+
 def load_source(source: CorpusSource, config: ShardConfig, workdir: Path, stats: LanguageStats):
     """A `datasets.Dataset` with the source's rows; bad lines of local text files counted in `stats`."""
     import datasets
 
     kind = source.kind
     if kind == "hub":
-        if Path(source.path).exists() or "/" not in source.path.strip("/"):
-            raise DataError(f"{source.path}: unknown file type (expected one of {sorted(LOCAL_KINDS)}) "
-                            "or a hub dataset name 'org/name'")
         try:
             return datasets.load_dataset(source.path, source.hub_config, split=source.split)
         except Exception as err:  # offline, unknown name, ...: the hub raises many types
             raise DataError(f"{source.path}: could not load hub dataset ({type(err).__name__}: {err})") from err
-    files = sorted(Path().glob(source.path)) if any(c in source.path for c in "*?[") else [Path(source.path)]
-    if not files:
-        raise DataError(f"{source.path}: no file matches this pattern")
     data_files = []
-    for path in files:
-        if kind == "parquet":
-            data_files.append(str(_require_parquet(path)))
-            continue
-        scan = scan_lines(path, jsonl=kind == "json", on_error=config.on_bad_line)
-        stats.skipped.update(scan.skipped)
-        if scan.bad_lines:
-            log.warning("%s: skipped %d bad lines (first: line %d)", path, len(scan.bad_lines), scan.bad_lines[0])
-            path = copy_without_lines(path, workdir / f"clean-{len(data_files)}-{path.name}", scan.bad_lines)
+    for path in source_files(source):
+        if kind != "parquet":
+            scan = scan_lines(path, jsonl=kind == "json", on_error=config.on_bad_line)
+            stats.skipped.update(scan.skipped)
+            if scan.bad_lines:
+                log.warning("%s: skipped %d bad lines (first: line %d)", path, len(scan.bad_lines),
+                            scan.bad_lines[0])
+                path = copy_without_lines(path, workdir / f"clean-{len(data_files)}-{path.name}", scan.bad_lines)
+            if scan.lines == 0 or (kind == "json" and not scan.record_lines):
+                continue  # nothing to read, and `datasets` cannot infer the columns of an empty jsonl
         data_files.append(str(path))
+    if not data_files:
+        return None
     kwargs = {"sample_by": source.sample_by} if kind == "text" else {}
     try:
         dataset = datasets.load_dataset(kind, data_files=data_files, split="train",
@@ -150,8 +194,6 @@ def load_source(source: CorpusSource, config: ShardConfig, workdir: Path, stats:
 
 def _require_parquet(path: Path) -> Path:
     import pyarrow.parquet as pq
-
-    from data_prep.files import require_file
 
     require_file(path)
     try:
@@ -201,8 +243,10 @@ class ShardWriter:
         lengths = np.fromiter((len(s) for s in self.buffer), dtype=np.int64, count=len(self.buffer))
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        entry = {"lang": self.lang, "sequences": len(lengths), "tokens": int(offsets[-1])}
-        for suffix, array in (("ids", np.concatenate(self.buffer)), ("offsets", offsets)):
+        ids = np.concatenate(self.buffer)
+        # the reader compares max_id with the vocabulary at open, without reading the shard
+        entry = {"lang": self.lang, "sequences": len(lengths), "tokens": int(offsets[-1]), "max_id": int(ids.max())}
+        for suffix, array in (("ids", ids), ("offsets", offsets)):
             path = self.shard_dir / f"{name}.{suffix}.npy"
             with atomic_path(path) as tmp, tmp.open("wb") as handle:
                 np.save(handle, array)
@@ -219,33 +263,72 @@ def build_shards(sources: Sequence[CorpusSource], tokenizer_dir: str | Path, out
 
     `languages` lists languages that must appear in the manifest even when no source gives them text
     (they are reported under `empty_languages` instead of silently vanishing from the mix).
+    Everything is checked and built before `out_dir/shards` and `out_dir/manifest.json` are replaced:
+    a failed build leaves an earlier build there byte for byte (and creates no `out_dir` of its own).
     """
     if not sources:
         raise DataError("sources: empty corpus (no input given)")
-    out_dir = Path(out_dir)
-    shard_dir = out_dir / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "manifest.json").unlink(missing_ok=True)  # the old manifest must not vouch for new files
-    for stale in shard_dir.glob("*.npy"):
-        stale.unlink()
+    if not isinstance(config, ShardConfig):
+        raise TypeError(f"config: expected a ShardConfig, got {type(config).__name__}")
+    for source in sources:
+        source_files(source)  # a typo in a path fails here, before any output is touched
     tokenizer = load_tokenizer(tokenizer_dir)
     specials = special_ids(tokenizer)
+    out_dir = Path(out_dir)
+    with _new_directory(out_dir), tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as build:
+        staging = Path(build)
+        (staging / "shards").mkdir()
+        started = time.perf_counter()
+        files, stats = _build(sources, tokenizer, specials, config, languages, staging, progress)
+        seconds = time.perf_counter() - started
+        manifest = _manifest(files, stats, specials, tokenizer_dir, config, seconds)
+        _swap_in(staging, out_dir, manifest)
+    return manifest
+
+
+def _build(sources: Sequence[CorpusSource], tokenizer, specials, config: ShardConfig,
+           languages: Sequence[str] | None, staging: Path, progress: bool) -> tuple[list[dict], dict]:
     all_langs = list(dict.fromkeys([*(languages or []), *(s.lang for s in sources)]))
     stats = {lang: LanguageStats() for lang in all_langs}
     files: list[dict] = []
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".work-") as work:
-        for lang in all_langs:
-            writer = ShardWriter(shard_dir, lang, config.shard_tokens)
-            seen: set[str] = set()
-            for source in (s for s in sources if s.lang == lang):
-                stats[lang].sources.append(source.path)
-                dataset = load_source(source, config, Path(work), stats[lang])
+    (staging / "work").mkdir()
+    for lang in all_langs:
+        writer = ShardWriter(staging / "shards", lang, config.shard_tokens)
+        seen: set[str] = set()
+        for source in (s for s in sources if s.lang == lang):
+            stats[lang].sources.append(source.path)
+            dataset = load_source(source, config, staging / "work", stats[lang])
+            if dataset is not None:
                 _write_source(dataset, source, tokenizer, specials, config, writer, seen, stats[lang], progress)
-            writer.flush()
-            files.extend(writer.files)
-    seconds = time.perf_counter() - started
-    return _finish(out_dir, files, stats, specials, tokenizer_dir, config, seconds)
+        writer.flush()
+        files.extend(writer.files)
+    return files, stats
+
+
+@contextlib.contextmanager
+def _new_directory(path: Path) -> Iterator[None]:
+    """Create `path` (and missing parents) for the block; remove what was created if the block fails."""
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for directory in created:  # deepest first; only if still empty
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
+
+
+def _swap_in(staging: Path, out_dir: Path, manifest: dict) -> None:
+    """Replace out_dir's shards by the staged ones: old manifest removed first, new manifest written last."""
+    manifest_path, shard_dir = out_dir / "manifest.json", out_dir / "shards"
+    manifest_path.unlink(missing_ok=True)  # from here until the end no manifest vouches for the shards
+    if shard_dir.is_dir() and not shard_dir.is_symlink():
+        os.replace(shard_dir, staging / "replaced-shards")  # deleted with the staging directory
+    elif shard_dir.exists() or shard_dir.is_symlink():
+        shard_dir.unlink()
+    os.replace(staging / "shards", shard_dir)
+    write_json(manifest_path, manifest)
 
 
 def _write_source(dataset, source: CorpusSource, tokenizer, specials, config: ShardConfig,
@@ -281,13 +364,15 @@ def _iter_batches(dataset, size: int) -> Iterator[dict]:
         yield dataset[start:start + size]
 
 
-def _finish(out_dir: Path, files: list[dict], stats: dict[str, LanguageStats], specials, tokenizer_dir,
-            config: ShardConfig, seconds: float) -> dict:
+def _manifest(files: list[dict], stats: dict[str, LanguageStats], specials, tokenizer_dir, config: ShardConfig,
+              seconds: float) -> dict:
     total_tokens = sum(s.tokens for s in stats.values())
     skipped = sum((s.skipped for s in stats.values()), Counter())
     if total_tokens == 0:
-        raise DataError(f"empty corpus: no text survived cleaning in any language (skipped: {dict(skipped)}); "
-                        "no manifest written")
+        paths = [path for s in stats.values() for path in s.sources]
+        named = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        raise DataError(f"{named}: empty corpus, no text survived cleaning in any language (skipped: "
+                        f"{dict(skipped)}); nothing written")
     empty = [lang for lang, s in stats.items() if s.tokens == 0]
     for lang in empty:
         warnings.warn(f"language {lang!r}: no text (skipped: {dict(stats[lang].skipped)}); "
@@ -304,5 +389,4 @@ def _finish(out_dir: Path, files: list[dict], stats: dict[str, LanguageStats], s
         "build": {"seconds": round(seconds, 3), "tokens_per_second": round(total_tokens / max(seconds, 1e-9))},
         "shards": files,
     }
-    write_json(out_dir / "manifest.json", manifest)
     return manifest

@@ -16,10 +16,14 @@ class DataError(ValueError):
     """Bad input data; the message names the file (and line / field where there is one)."""
 
 
+class MissingFileError(DataError, FileNotFoundError):
+    """A required input file or directory is absent (callers may catch either DataError or FileNotFoundError)."""
+
+
 def require_file(path: str | Path, what: str = "input file") -> Path:
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: {what} not found")
+        raise MissingFileError(f"{path}: {what} not found")
     if not path.is_file():
         raise DataError(f"{path}: {what} is not a regular file")
     if not os.access(path, os.R_OK):

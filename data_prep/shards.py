@@ -17,6 +17,9 @@ class ShardReader:
 
     `lengths[i]` and `language_ids[i]` (index into `languages`) are small host arrays that samplers use;
     `reader[i]` is a read-only uint32 view of sequence i inside a memory-mapped file.
+
+    Token ids are range-checked without `verify`: each shard's `max_id` in the manifest against the
+    tokenizer's vocabulary at open, and every sequence's ids when it is read (DataError naming the file).
     """
 
     def __init__(self, directory: str | Path, verify: bool = False) -> None:
@@ -30,26 +33,44 @@ class ShardReader:
             raise DataError(f"{manifest_path}: unreadable manifest ({err})") from err
         if self.manifest.get("format") != FORMAT:
             raise DataError(f"{manifest_path}: field 'format' is {self.manifest.get('format')!r}, expected {FORMAT!r}")
+        self.vocab_size = self._manifest_vocab_size(manifest_path)
         self.languages: list[str] = list(self.manifest["languages"])
         self._ids: list[np.ndarray] = []
         self._offsets: list[np.ndarray] = []
+        self._names: list[str] = []
         lengths, language_ids = [], []
         for entry in self.manifest["shards"]:
+            # shards written before max_id existed skip this check; every read still range-checks its ids
+            if entry.get("max_id", -1) >= self.vocab_size:
+                raise DataError(f"{manifest_path}: shard {entry['ids']} has max token id {entry['max_id']}, outside "
+                                f"the tokenizer's vocabulary of {self.vocab_size} ids (built with another tokenizer?)")
             ids = self._open(entry, "ids", verify)
             offsets = self._open(entry, "offsets", verify)
             if (len(offsets) != entry["sequences"] + 1 or int(offsets[-1]) != len(ids)
                     or len(ids) != entry["tokens"]):
-                raise DataError(f"{self.directory / entry['ids']}: size does not match the manifest "
+                raise DataError(f"{self.directory / 'shards' / entry['ids']}: size does not match the manifest "
                                 f"({len(offsets) - 1} sequences / {len(ids)} tokens, manifest says "
                                 f"{entry['sequences']} / {entry['tokens']})")
+            sizes = np.diff(offsets)
+            if int(offsets[0]) != 0 or (sizes <= 0).any():
+                raise DataError(f"{self.directory / 'shards' / entry['offsets']}: offsets do not increase "
+                                "(damaged shard; every sequence holds at least <s> and </s>)")
             self._ids.append(ids)
             self._offsets.append(offsets)
-            lengths.append(np.diff(offsets).astype(np.int32))
+            self._names.append(entry["ids"])
+            lengths.append(sizes.astype(np.int32))
             language_ids.append(np.full(entry["sequences"], self.languages.index(entry["lang"]), dtype=np.int16))
         self.lengths: np.ndarray = np.concatenate(lengths) if lengths else np.zeros(0, np.int32)
         self.language_ids: np.ndarray = np.concatenate(language_ids) if language_ids else np.zeros(0, np.int16)
         counts = [len(o) - 1 for o in self._offsets]
         self._shard_starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    def _manifest_vocab_size(self, manifest_path: Path) -> int:
+        vocab_size = self.manifest.get("tokenizer", {}).get("vocab_size")
+        if not isinstance(vocab_size, int) or vocab_size < 1:
+            raise DataError(f"{manifest_path}: field 'tokenizer.vocab_size' is {vocab_size!r}, expected a positive "
+                            "integer")
+        return vocab_size
 
     def _open(self, entry: dict, kind: str, verify: bool) -> np.ndarray:
         path = self.directory / "shards" / entry[kind]
@@ -71,7 +92,14 @@ class ShardReader:
         shard = int(np.searchsorted(self._shard_starts, index, side="right")) - 1
         local = index - int(self._shard_starts[shard])
         offsets = self._offsets[shard]
-        return self._ids[shard][int(offsets[local]):int(offsets[local + 1])]
+        sequence = self._ids[shard][int(offsets[local]):int(offsets[local + 1])]
+        # one pass over ids that are read anyway: a damaged id fails here, naming the file, not in torch.embedding
+        top = int(sequence.max())
+        if top >= self.vocab_size:
+            raise DataError(f"{self.directory / 'shards' / self._names[shard]}: sequence {local} (index {index}) "
+                            f"holds token id {top}, outside the tokenizer's vocabulary of {self.vocab_size} ids "
+                            "(damaged shard: rebuild it; ShardReader(verify=True) checks the checksums)")
+        return sequence
 
     def token_counts(self) -> dict[str, int]:
         """Tokens per language (from the manifest; languages without text map to 0)."""
