@@ -128,8 +128,15 @@ class TRMHead(nn.Module):
         nn.init.normal_(self.sparse_linear.weight, std=config.initializer_range)
         nn.init.ones_(self.sparse_linear.bias)
         self.vocab_size = config.vocab_size
-        # CLS/EOS/PAD/UNK (and MASK) carry no lexical meaning; a buffer so it follows .to(device)
-        self.register_buffer("special_token_ids", torch.tensor(sorted(set(special_token_ids)), dtype=torch.long),
+        self.special_ids = tuple(sorted(set(special_token_ids)))
+        self.reset_special_token_ids()
+
+    def reset_special_token_ids(self) -> None:
+        """(Re)build the `special_token_ids` buffer from `special_ids`. CLS/EOS/PAD/UNK (and MASK) carry no lexical
+        meaning. A non-persistent buffer (it follows .to(device), never stored), so loaders that build modules on
+        the meta device (transformers 5) must call this after loading: export/hf_modeling.py does."""
+        device = self.special_token_ids.device if hasattr(self, "special_token_ids") else None
+        self.register_buffer("special_token_ids", torch.tensor(self.special_ids, dtype=torch.long, device=device),
                              persistent=False)
 
     def sparse_weights(self, hidden: Tensor, batch: UnpaddedBatch) -> SparseEmbedding:

@@ -65,6 +65,25 @@ class LongEncConfig(PretrainedConfig):
         return ModelConfig(**{name: getattr(self, name) for name in MODEL_CONFIG_KEYS})
 
 
+def rebuild_derived_buffers(module: nn.Module) -> None:
+    """Recompute `module`'s own non-persistent buffers from its settings: they are derived, never in a checkpoint.
+
+    transformers 5 builds a model on the meta device and, after loading, refills every non-persistent buffer with
+    `empty_like` (uninitialised memory), relying on `_init_weights` to give it a value. Every module of ours that
+    owns such a buffer is listed here; one that is not is an error, so a new buffer cannot silently ship garbage.
+    """
+    if not module._non_persistent_buffers_set:
+        return
+    if isinstance(module, RotaryEmbedding):
+        module.set_theta(module.theta, module.ntk_factor)  # inv_freq, cos/sin tables
+    elif isinstance(module, TRMHead):
+        module.reset_special_token_ids()
+    else:
+        raise TypeError(f"{type(module).__name__}: non-persistent buffers {sorted(module._non_persistent_buffers_set)}"
+                        " have no rebuild rule in hf_modeling.rebuild_derived_buffers; transformers would leave them"
+                        " uninitialised after from_pretrained")
+
+
 class LongEncPreTrainedModel(PreTrainedModel):
     config_class = LongEncConfig
     # never a submodule name: every class shares the `encoder.*` / `head.*` layout, so no prefix juggling on load
@@ -75,12 +94,21 @@ class LongEncPreTrainedModel(PreTrainedModel):
     def _build_encoder(self, config: LongEncConfig) -> None:
         self.encoder = Encoder(config.model_config())
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """transformers' loader, then every derived buffer rebuilt: `_init_weights` already does it under
+        transformers 5, but whether a loader calls it for a given module is its internal business."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True gives a tuple
+        with torch.no_grad():
+            for module in model.modules():
+                rebuild_derived_buffers(module)
+        return loaded
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, RotaryEmbedding):
-            # cos/sin tables are derived from the config and never stored: from_pretrained leaves them empty
-            module.set_theta(module.theta, module.ntk_factor)
-        elif isinstance(module, nn.Linear):
+        rebuild_derived_buffers(module)
+        if isinstance(module, nn.Linear):
             hf_init.normal_(module.weight, std=self.config.initializer_range)
             if module.bias is not None:
                 hf_init.zeros_(module.bias)
@@ -111,6 +139,10 @@ class LongEncPreTrainedModel(PreTrainedModel):
 
 class LongEncModel(LongEncPreTrainedModel):
     """AutoModel: `last_hidden_state [B, L, H]` (zeros at padding); `pooler_output` = CLS state."""
+
+    # the backbone of any export: its task head's weights are expected to be left out, not reported as UNEXPECTED
+    # (sentence-transformers loads the TRM this way, and a load report reads as a broken checkpoint)
+    _keys_to_ignore_on_load_unexpected = [r"^head\."]
 
     def __init__(self, config: LongEncConfig) -> None:
         super().__init__(config)
