@@ -5,8 +5,9 @@ sequences by length, cut every window greedily into batches whose total length s
 `max_tokens`, then shuffle the batch order. Windows keep the batches random across the corpus while
 still grouping similar lengths (so the attention cost per batch, ∝ Σ len², is predictable).
 
-Use as a `torch.utils.data.DataLoader(batch_sampler=...)`; the `collate_fn` (`collate_unpadded` or
-`data_prep.collator.MLMCollator`) turns the list of sequences into an `encoder.batch.UnpaddedBatch`.
+Use as a `torch.utils.data.DataLoader(batch_sampler=...)`. data_prep stops at indices and packed ids (`pack`):
+the model's batch (`encoder.batch.UnpaddedBatch`, masked by `encoder.mlm_data.MLMCollator` for MLM) is
+built in `encoder`, so this package never imports it.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-
-from encoder.batch import UnpaddedBatch
 
 IndexSource = Sequence[int] | np.ndarray | Callable[[int], np.ndarray] | None
 
@@ -157,9 +156,3 @@ def pack(sequences: Sequence[np.ndarray | Sequence[int]]) -> tuple[torch.Tensor,
     """Concatenate sequences into packed ids `[T]` (int64) and their lengths."""
     arrays = [np.asarray(s, dtype=np.int64) for s in sequences]
     return torch.from_numpy(np.concatenate(arrays)), [len(a) for a in arrays]
-
-
-def collate_unpadded(sequences: Sequence[np.ndarray | Sequence[int]]) -> UnpaddedBatch:
-    """Sequences -> `UnpaddedBatch` (no labels); cu_seqlens come from encoder/batch.py."""
-    input_ids, lengths = pack(sequences)
-    return UnpaddedBatch.from_packed(input_ids, lengths)

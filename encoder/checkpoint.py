@@ -1,19 +1,24 @@
 """Atomic, verifiable training checkpoints: everything needed to continue a run exactly where it stopped.
 
-A checkpoint is a directory written in full under a temporary name, then renamed:
+A checkpoint is a *sealed directory*: written in full under a temporary name, then renamed:
 
     ckpt-000123.tmp-<pid>/   every file written and fsynced (never read by `latest_complete`)
     ckpt-000123/             after the rename; `manifest.json` (written last) holds the step and the
                              sha256 of every other file, so a torn or edited checkpoint is detected
-      manifest.json          {"step": 123, "files": {"model.pt": "<sha256>", ...}, "world_size": W, ...}
+      manifest.json          {"format": ..., "step": 123, "files": {"model.pt": "<sha256>", ...}, "world_size": W}
       model.pt / optimizer.pt (or whatever the engine's `state_writer` writes, e.g. deepspeed/)
       trainer.pt             step, scheduler state, extra (rank 0)
-      rank-00000.pt ...      per rank: sampler state, python/numpy/torch RNG states, rank_extra
+      rank-00000.pt ...      per rank: sampler state, python/numpy/torch RNG states (as tensors), rank_extra
       config.yaml            the run config (optional)
 
-The step always comes from the manifest, never from the directory name. In a multi-process run every
-rank calls `save`/`load` (the directory must be on a filesystem all ranks share); rank 0 writes the
-shared files, the manifest and renames.
+Every `.pt` file holds only tensors and plain containers and is read with `torch.load(weights_only=True)`:
+a crafted checkpoint cannot run code on `--resume` (the sha256 manifest cannot prevent that, an attacker
+rewrites it too). DeepSpeed's own files (`deepspeed/`) go through DeepSpeed's loader; see launch/README.md.
+
+The step always comes from the manifest, never from the directory name. In a multi-process run every rank
+calls `save`/`load` (the directory must be on a filesystem all ranks share); rank 0 writes the shared files,
+hashes, seals and prunes. Old checkpoints are pruned by renaming them to a temporary name first, so a kill
+mid-delete leaves a `*.tmp-*` directory (cleaned at the next start), never a half-deleted checkpoint.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,15 +38,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from .config import save_config
-from .distributed import barrier, rank, world_size
+from .distributed import barrier, broadcast_object, rank, world_size
 
 MANIFEST = "manifest.json"
-FORMAT = "longenc-checkpoint/1"
+FORMAT = "longenc-checkpoint/2"  # /1 pickled numpy RNG states (not loadable with weights_only=True)
 PREFIX = "ckpt-"
+TMP_MARK = ".tmp-"
 
 StateIO = Callable[[Path], None]  # writes or reads model + optimizer state in a checkpoint directory
 
@@ -61,24 +68,42 @@ class LoadedCheckpoint:
     manifest: dict = field(default_factory=dict)
 
 
-# ---- RNG ------------------------------------------------------------------------------------------------
+# ---- RNG: states as tensors and plain containers, so they load with weights_only=True --------------------
 def rng_state() -> dict[str, Any]:
     """Python, numpy, torch CPU (and CUDA) generator states of this process."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
+                         numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# ---- files ----------------------------------------------------------------------------------------------
+def load_state_file(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load(weights_only=True)`; a file that needs more than tensors and plain containers is refused."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path}: refused to load: it holds objects other than tensors and plain "
+                              f"containers (unsafe to unpickle; {str(err).splitlines()[0]})") from None
+    except (RuntimeError, EOFError) as err:
+        raise CheckpointError(f"{path}: unreadable ({str(err).splitlines()[0]})") from None
+
+
+# ---- sealed directories: temporary name -> manifest with sha256 -> rename ------------------------------------
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -98,38 +123,95 @@ def _fsync_tree(directory: Path) -> None:
             os.close(fd)
 
 
-def _state_dict_of(obj: Any) -> Any:
-    return obj.state_dict() if hasattr(obj, "state_dict") else obj
+def temporary_sibling(final: Path, purpose: str = "") -> Path:
+    return final.with_name(f"{final.name}{TMP_MARK}{purpose}{os.getpid()}")
 
 
-def read_manifest(path: Path) -> dict:
-    """The manifest of checkpoint directory `path`; raises CheckpointError naming the file when unusable."""
+def remove_directory(path: Path) -> None:
+    """Rename to a temporary name, then delete: a kill mid-delete never leaves a half-deleted directory
+    under the real name (the temporary one is cleaned by the next `remove_stale_temporaries`)."""
+    doomed = temporary_sibling(path, "deleting-")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def seal_directory(tmp: Path, final: Path, format: str, **fields: Any) -> dict:
+    """Write the manifest (`format`, `fields`, sha256 of every file) into `tmp`, fsync, rename to `final`
+    (replacing an existing one). Returns the manifest."""
+    files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    manifest = {"format": format, **fields, "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    _fsync_tree(tmp)
+    if final.exists():  # e.g. a re-run of the same step, or a retrained final/
+        remove_directory(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)  # the rename itself is durable
+    return manifest
+
+
+def read_manifest(path: Path, format: str = FORMAT) -> dict:
+    """The manifest of sealed directory `path`; raises CheckpointError naming the file when unusable."""
     manifest_path = Path(path) / MANIFEST
     if not manifest_path.is_file():
-        raise CheckpointError(f"{manifest_path}: missing manifest; the checkpoint is incomplete or corrupt "
-                              "(delete the directory or resume from an older one)")
+        raise CheckpointError(f"{manifest_path}: missing manifest; the directory is incomplete or corrupt, or was "
+                              "written by an older version (delete it, or resume from an older checkpoint)")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{manifest_path}: unreadable manifest ({err})") from err
-    if manifest.get("format") != FORMAT or not isinstance(manifest.get("step"), int):
-        raise CheckpointError(f"{manifest_path}: not a {FORMAT} manifest (format={manifest.get('format')!r})")
+        raise CheckpointError(f"{manifest_path}: unreadable manifest ({err})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != format or not isinstance(manifest.get("files"),
+                                                                                              dict):
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise CheckpointError(f"{manifest_path}: not a {format} manifest (format={found!r})")
+    if format == FORMAT and not isinstance(manifest.get("step"), int):
+        raise CheckpointError(f"{manifest_path}: no integer step")
+    return manifest
+
+
+def verify_directory(path: str | Path, format: str = FORMAT) -> dict:
+    """Check every file listed in the manifest against its sha256; return the manifest."""
+    path = Path(path)
+    manifest = read_manifest(path, format)
+    for name, expected in manifest["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{file}: listed in {path / MANIFEST} but missing; refusing {path}")
+        actual = sha256_file(file)
+        if actual != expected:
+            raise CheckpointError(f"{file}: checksum mismatch (sha256 {actual[:12]}..., manifest says "
+                                  f"{expected[:12]}...); {path} is corrupt, refusing to load it")
     return manifest
 
 
 def verify_checkpoint(path: str | Path) -> dict:
-    """Check every file listed in the manifest against its sha256; return the manifest."""
-    path = Path(path)
-    manifest = read_manifest(path)
-    for name, expected in manifest["files"].items():
-        file = path / name
-        if not file.is_file():
-            raise CheckpointError(f"{file}: listed in {path / MANIFEST} but missing; refusing this checkpoint")
-        actual = sha256_file(file)
-        if actual != expected:
-            raise CheckpointError(f"{file}: checksum mismatch (sha256 {actual[:12]}..., manifest says "
-                                  f"{expected[:12]}...); the checkpoint is corrupt, refusing to resume from it")
-    return manifest
+    return verify_directory(path, FORMAT)
+
+
+def verify_on_rank0(path: Path) -> dict:
+    """Hash the checkpoint once (rank 0) and share the verdict: at 64 ranks on a shared filesystem every rank
+    hashing every file would take minutes before the first collective."""
+    verdict: Any = None
+    if rank() == 0:
+        try:
+            verdict = verify_checkpoint(path)
+        except CheckpointError as err:
+            verdict = err
+    verdict = broadcast_object(verdict)
+    if isinstance(verdict, Exception):
+        raise CheckpointError(str(verdict))
+    return verdict
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _state_dict_of(obj: Any) -> Any:
+    return obj.state_dict() if hasattr(obj, "state_dict") else obj
 
 
 # ---- the manager ----------------------------------------------------------------------------------------
@@ -144,14 +226,23 @@ class CheckpointManager:
 
     # ---- discovery ----------------------------------------------------------------------------------
     def complete_checkpoints(self) -> list[tuple[int, Path]]:
-        """(step, path) of every renamed checkpoint, oldest first; a directory without a usable manifest
-        raises, because after an atomic rename that can only mean corruption."""
+        """(step, path) of every renamed checkpoint, oldest first.
+
+        A checkpoint without a usable manifest can only be one whose deletion was interrupted (an older
+        version of this code pruned in place) or a corrupt one: older ones are skipped with a warning; the
+        newest (by name) is refused, since resuming from an older one would silently drop work."""
         if not self.directory.is_dir():
             return []
+        paths = sorted(p for p in self.directory.iterdir()
+                       if p.is_dir() and p.name.startswith(PREFIX) and TMP_MARK not in p.name)
         found = []
-        for path in self.directory.iterdir():
-            if path.is_dir() and path.name.startswith(PREFIX) and ".tmp-" not in path.name:
+        for i, path in enumerate(paths):
+            try:
                 found.append((read_manifest(path)["step"], path))
+            except CheckpointError as err:
+                if i == len(paths) - 1:
+                    raise
+                warnings.warn(f"skipping incomplete checkpoint {path} ({err})", RuntimeWarning, stacklevel=2)
         return sorted(found)
 
     def latest_complete(self, verify: bool = True) -> Path | None:
@@ -165,9 +256,10 @@ class CheckpointManager:
         return path
 
     def remove_stale_temporaries(self) -> None:
-        """Drop `*.tmp-<pid>` directories left by a process killed mid-save (rank 0, at start-up)."""
+        """Drop `*.tmp-<pid>` directories left by a process killed mid-save or mid-prune (rank 0, at start-up;
+        the caller holds the run directory's lock, so no live writer owns them)."""
         if rank() == 0 and self.directory.is_dir():
-            for path in self.directory.glob(f"{PREFIX}*.tmp-*"):
+            for path in self.directory.glob(f"{PREFIX}*{TMP_MARK}*"):
                 shutil.rmtree(path, ignore_errors=True)
         barrier()
 
@@ -180,9 +272,10 @@ class CheckpointManager:
         model/optimizer: saved as model.pt / optimizer.pt by rank 0, unless `state_writer` is given (an engine
         that shards state, like DeepSpeed ZeRO, writes its own files on every rank instead).
         scheduler, sampler: objects with `state_dict()` or plain state; sampler and rank_extra are per rank.
+        Everything must be tensors and plain containers (the files load with weights_only=True).
         """
         final = self.directory / f"{PREFIX}{step:06d}"
-        tmp = self._shared_tmp_name(final)
+        tmp = self.directory / broadcast_object(temporary_sibling(final).name)  # rank 0's pid names it
         if rank() == 0:
             self.directory.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
@@ -204,33 +297,14 @@ class CheckpointManager:
                 save_config(config, tmp / "config.yaml")
         barrier()  # every rank's files are on disk before rank 0 hashes them
         if rank() == 0:
-            self._seal(tmp, final, step)
+            seal_directory(tmp, final, FORMAT, step=step, world_size=world_size())
             self._prune()
         barrier()
         return final
 
-    def _shared_tmp_name(self, final: Path) -> Path:
-        # rank 0's pid names the directory; the other ranks learn it so all write into the same place
-        names = [f"{final.name}.tmp-{os.getpid()}"]
-        if world_size() > 1:
-            dist.broadcast_object_list(names, src=0)
-        return self.directory / names[0]
-
-    def _seal(self, tmp: Path, final: Path, step: int) -> None:
-        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        manifest = {"format": FORMAT, "step": step, "world_size": world_size(), "files": files,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-        _fsync_tree(tmp)
-        if final.exists():  # a re-run of the same step (e.g. resumed and saved again) replaces it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(self.directory)  # the rename itself is durable
-
     def _prune(self) -> None:
-        found = self.complete_checkpoints()
-        for _, path in found[:-self.keep_last]:
-            shutil.rmtree(path, ignore_errors=True)
+        for _, path in self.complete_checkpoints()[:-self.keep_last]:
+            remove_directory(path)
 
     # ---- load ---------------------------------------------------------------------------------------
     def load(self, path: str | Path, model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
@@ -238,7 +312,7 @@ class CheckpointManager:
              map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
         """Restore model/optimizer in place (or through `state_reader`) and this rank's RNG states."""
         path = Path(path)
-        manifest = verify_checkpoint(path) if verify else read_manifest(path)
+        manifest = verify_on_rank0(path) if verify else read_manifest(path)
         rank_file = path / f"rank-{rank():05d}.pt"
         if manifest.get("world_size", 1) != world_size():
             raise CheckpointError(f"{path / MANIFEST}: saved with world_size {manifest.get('world_size')}, this run "
@@ -249,12 +323,11 @@ class CheckpointManager:
             state_reader(path)
         else:
             if model is not None:
-                model.load_state_dict(torch.load(path / "model.pt", map_location=map_location, weights_only=True))
+                model.load_state_dict(load_state_file(path / "model.pt", map_location))
             if optimizer is not None:
-                optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=map_location,
-                                                     weights_only=True))
-        trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
-        per_rank = torch.load(rank_file, map_location="cpu", weights_only=False)
+                optimizer.load_state_dict(load_state_file(path / "optimizer.pt", map_location))
+        trainer = load_state_file(path / "trainer.pt")
+        per_rank = load_state_file(rank_file)
         if restore_rng:
             set_rng_state(per_rank["rng"])
         if trainer["step"] != manifest["step"]:
@@ -264,21 +337,14 @@ class CheckpointManager:
                                 rank_extra=per_rank["rank_extra"], manifest=manifest)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def resolve_checkpoint(value: str | Path) -> Path:
+def resolve_checkpoint(value: str | Path, verify: bool = True) -> Path:
     """A checkpoint directory, or a run directory (its newest complete checkpoint), for `--init-from`."""
     path = Path(value)
     if (path / MANIFEST).is_file():
-        verify_checkpoint(path)
+        if verify:
+            verify_checkpoint(path)
         return path
-    latest = CheckpointManager(path).latest_complete()
+    latest = CheckpointManager(path).latest_complete(verify=verify)
     if latest is None:
         raise CheckpointError(f"{path}: neither a checkpoint (no {MANIFEST}) nor a run directory with checkpoints")
     return latest

@@ -110,8 +110,12 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             value = yaml.safe_load(value)
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{where}: expected a list, got {value!r}")
-        (item_tp, *_) = typing.get_args(tp) or (Any,)
-        items = [_convert(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        args = typing.get_args(tp) or (Any,)
+        if origin is tuple and Ellipsis not in args:  # tuple[float, float]: exactly that many items
+            if len(value) != len(args):
+                raise ValueError(f"{where}: expected {len(args)} values, got {value!r}")
+            return tuple(_convert(t, v, f"{where}[{i}]") for i, (t, v) in enumerate(zip(args, value)))
+        items = [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     if origin is dict or tp is dict:
         if not isinstance(value, dict):

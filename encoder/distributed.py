@@ -75,6 +75,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def broadcast_object(value: object, src: int = 0) -> object:
+    """`value` of rank `src` on every rank (any picklable object; a no-op in one process)."""
+    if world_size() == 1:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
 def all_gather_with_grad(local: Tensor) -> Tensor:
     """Concatenate `local [N, ...]` from every rank along dim 0 (equal N on every rank), keeping the
     gradient of this rank's own slice: other ranks' slices are constants here, and each rank back-propagates

@@ -24,7 +24,9 @@ from torch import Tensor
 
 from data_prep.beir import BeirData, read_beir
 from data_prep.embedded import dominant_script
+from data_prep.tokenizer import load_tokenizer
 
+from .artifacts import load_final
 from .heads import Reranker, TextRepresentationModel, sparse_scores
 from .inference import Encoded, encode, score_pairs
 from .metrics import mean_metrics
@@ -255,9 +257,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data_prep.tokenizer import load_tokenizer
-
-    from .train_contrastive import load_final
 
     args = build_parser().parse_args(argv)
     if not args.trm and not args.reranker:

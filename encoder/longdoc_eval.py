@@ -28,6 +28,9 @@ from torch import Tensor
 from data_prep.beir import BeirData
 from data_prep.longdoc import LongDocSet, read_longdoc_set
 
+from .artifacts import load_final
+from .batch import UnpaddedBatch
+from .config import ModelConfig, load_config
 from .evaluate import bm25_run, doc_text, encode_set, rank, rerank_run, score_matrix
 from .heads import Reranker, TextRepresentationModel
 from .metrics import per_query
@@ -216,38 +219,6 @@ def run_longdoc_eval(sets: Sequence[LongDocSet], tokenizer, trm: TextRepresentat
     return result
 
 
-# ---- the main job's stage ------------------------------------------------------------------------------------
-def pipeline_stage(pipeline, directory: Path) -> dict[str, Any]:
-    """encoder.pipeline's `longdoc` stage: needle sets from the run's embedded data and tokenizer, the
-    fine-tuned TRM (and reranker) scored on them. Returns {"table_md", "heatmap_png", "json", ...} for the
-    report; `longdoc_overrides` are `LongDocEvalConfig` keys (e.g. lengths=[1024,2048] rerank_top_k=0)."""
-    from data_prep.longdoc import build_longdoc_sets, check_longdoc_set, load_units, write_longdoc_sets
-
-    from .config import load_config
-    from .train_contrastive import load_final
-
-    config = load_config(LongDocEvalConfig, None, list(pipeline.config.longdoc_overrides))
-    if pipeline.out("data", "source") != "embedded":
-        return {"skipped": "long-document sets are built from the embedded data's aligned units"}
-    units = load_units(pipeline.out("data", "root"))
-    trm, tokenizer, _ = load_final(pipeline.out("trm_ft", "final"))
-    sets = build_longdoc_sets(units, tokenizer, config.lengths, queries_per_needle=config.queries_per_needle,
-                              seed=config.seed, query_mode=config.query_mode)
-    for data in sets.values():
-        check_longdoc_set(data, units)
-    write_longdoc_sets(sets, directory / "sets")
-    reranker = load_final(pipeline.out("reranker", "final"))[0] if "reranker" in pipeline.records else None
-    gamma = config.gamma
-    if gamma < 0:
-        gamma = (pipeline.records.get("evaluate", {}).get("outputs", {}).get("gamma")) or 0.1
-    result = run_longdoc_eval(list(sets.values()), tokenizer, trm, reranker, gamma, config.rerank_top_k,
-                              directory, config.heatmap_systems, progress=lambda m: pipeline.log(f"[longdoc] {m}"),
-                              query_mode=config.query_mode)
-    return {"table_md": str(result["table_md"]), "heatmap_png": str(result["heatmap_png"]),
-            "json": str(result["json"]), "sets": str(directory / "sets"), "gamma": gamma,
-            "queries": sum(len(s.needles) for s in sets.values())}
-
-
 # ---- peak memory of one long document ----------------------------------------------------------------------------
 def _rss_kib(name: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -259,9 +230,6 @@ def _rss_kib(name: str) -> int:
 def encode_peak_memory(preset: str | Path, length: int = 8192, seed: int = 0) -> dict[str, float]:
     """Peak RSS above the loaded model (MiB) for a TRM forward (dense + sparse) over one `length`-token
     document of random ids, in inference mode on CPU. Linux only (VmHWM reset through clear_refs)."""
-    from .batch import UnpaddedBatch
-    from .config import ModelConfig, load_config
-
     config = load_config(ModelConfig, preset, section="model")
     torch.manual_seed(seed)
     model = TextRepresentationModel(config).eval()
@@ -303,8 +271,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.sets or not args.trm:
         print("error: give --sets and --trm (or --memory PRESET)", file=sys.stderr)
         return 2
-    from .train_contrastive import load_final
-
     trm, tokenizer, _ = load_final(args.trm)
     reranker = load_final(args.reranker)[0] if args.reranker else None
     sets = [read_longdoc_set(d) for d in sorted(Path(args.sets).glob("len*"), key=lambda p: int(p.name[3:]))]

@@ -30,10 +30,38 @@ from typing import Any
 
 import torch
 
+from data_prep.beir import read_beir
+from data_prep.corpus import CorpusSource, ShardConfig, build_shards
+from data_prep.embedded import build_embedded
+from data_prep.longdoc import (
+    build_longdoc_sets,
+    check_longdoc_set,
+    load_units,
+    long_training_pairs,
+    pair_needle_candidates,
+    write_longdoc_sets,
+)
+from data_prep.pairs import write_pairs
+from data_prep.tokenizer import load_tokenizer, save_hf_tokenizer, special_ids, train_sentencepiece
+
+from . import train_contrastive, train_mlm, train_reranker
+from .artifacts import load_final, load_mlm
 from .config import config_field, load_config, read_yaml
+from .evaluate import run_evaluation
+from .export import export_pretrained
+from .heads import TextRepresentationModel
+from .longdoc_eval import LongDocEvalConfig, run_longdoc_eval
+from .report import write_report
+from .runlock import RunLock, RunLockedError
 
 STAGES = ("data", "tokenizer", "shards", "mlm_stage1", "mlm_stage2", "trm_cpt", "trm_ft", "reranker", "evaluate",
           "longdoc", "export", "report")
+# the trainer stages (the pipeline is the top floor: the only module besides the CLIs that imports trainers)
+TRAINERS = {"mlm_stage1": train_mlm, "mlm_stage2": train_mlm, "trm_cpt": train_contrastive,
+            "trm_ft": train_contrastive, "reranker": train_reranker}
+RUN_CONFIGS = {"mlm_stage1": train_mlm.MLMRunConfig, "mlm_stage2": train_mlm.MLMRunConfig,
+               "trm_cpt": train_contrastive.TRMRunConfig, "trm_ft": train_contrastive.TRMRunConfig,
+               "reranker": train_reranker.RerankerRunConfig}
 DONE = "STAGE_DONE.json"
 STARTED = "STAGE_KEY"  # written when a stage starts: the settings its directory's contents belong to
 
@@ -111,6 +139,7 @@ class Stage:
 
 class Pipeline:
     def __init__(self, config: PipelineConfig, force: tuple[str, ...] = (), log: Callable[[str], None] = print):
+        validate_stage_settings(config)  # a bad override fails now, not hours later when its stage is reached
         self.config = config
         self.workdir = Path(config.workdir)
         self.force = set(force)
@@ -118,18 +147,25 @@ class Pipeline:
         self.records: dict[str, dict] = {}
         self.keys: dict[str, str] = {}
 
+    def enabled(self, name: str) -> bool:
+        return name != "longdoc" or self.config.longdoc
+
     def run(self, only: tuple[str, ...] = ()) -> dict[str, dict]:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        for name in STAGES:
-            if name == "longdoc" and not self.config.longdoc:
-                continue
-            if only and name not in only:
-                self._load_record(name)
-                continue
-            self._run_stage(name)
-        self.log(f"[pipeline] all stages done in {time.perf_counter() - start:.0f} s; report: "
-                 f"{self.workdir / 'report' / 'report.md'}")
+        """Every stage in order; with `only`, those stages (their inputs must be complete) and nothing after
+        the last of them. The workdir is locked against a second pipeline for the whole run."""
+        with RunLock(self.workdir, what="pipeline workdir"):
+            start = time.perf_counter()
+            last = max((STAGES.index(name) for name in only), default=len(STAGES) - 1)
+            for name in STAGES[: last + 1]:
+                if not self.enabled(name):
+                    continue
+                if only and name not in only:
+                    self._load_record(name)
+                    continue
+                self._run_stage(name)
+            report = f"; report: {self.workdir / 'report' / 'report.md'}" if "report" in self.records else ""
+            self.log(f"[pipeline] {', '.join(only) if only else 'all stages'} done in "
+                     f"{time.perf_counter() - start:.0f} s{report}")
         return self.records
 
     def _settings(self, name: str) -> Any:
@@ -192,8 +228,6 @@ class Pipeline:
 
     # ---- stages ------------------------------------------------------------------------------------------
     def stage_data(self, directory: Path) -> dict:
-        from data_prep.embedded import build_embedded
-
         settings = self.config.data
         if settings.path:
             root = Path(settings.path)
@@ -214,8 +248,6 @@ class Pipeline:
                 "languages": len(manifest["languages"]), "scripts": manifest["scripts"]}
 
     def stage_tokenizer(self, directory: Path) -> dict:
-        from data_prep.tokenizer import load_tokenizer, save_hf_tokenizer, special_ids, train_sentencepiece
-
         settings = self.config.tokenizer
         if settings.spm_model:
             spm_path = Path(settings.spm_model)
@@ -227,8 +259,6 @@ class Pipeline:
         return {"dir": str(hf_dir), "vocab_size": ids.vocab_size, "padded_vocab_size": ids.padded_vocab_size}
 
     def stage_shards(self, directory: Path) -> dict:
-        from data_prep.corpus import CorpusSource, ShardConfig, build_shards
-
         sources = [CorpusSource(lang, path) for lang, path in self.out("data", "mlm").items()]
         manifest = build_shards(sources, self.out("tokenizer", "dir"), directory / "out",
                                 ShardConfig(max_length=self.config.shard_max_length))
@@ -245,26 +275,22 @@ class Pipeline:
         return self._train_mlm(self.config.mlm_stage2, directory, init_from=self.out("mlm_stage1", "run_dir"))
 
     def _train_mlm(self, stage: StageConfig, directory: Path, init_from: str | None) -> dict:
-        from .train_mlm import MLMRunConfig, train
-
         overrides = [*self._model_overrides(), f"data.shards={self.out('shards', 'dir')}",
                      f"checkpoint.dir={directory / 'run'}", "log.progress=true", *stage.overrides]
         if init_from:
             overrides.append(f"train.init_from={init_from}")
-        config = load_config(MLMRunConfig, stage.config, overrides)
-        summary = train(config, resume="auto")
+        summary = train_mlm.train(load_config(train_mlm.MLMRunConfig, stage.config, overrides), resume="auto")
         return {"run_dir": str(directory / "run"), "loss": summary.get("loss"), "accuracy": summary.get("accuracy"),
                 "steps": summary.get("step"), "loss_png": str(directory / "run" / "loss.png")}
 
     def _train_trm(self, stage: StageConfig, directory: Path, init_from: str, negatives_from: str = "") -> dict:
-        from .train_contrastive import TRMRunConfig, train
-
         overrides = [*self._model_overrides(), f"data.pairs={self.out('data', 'pairs')}",
                      f"data.tokenizer={self.out('tokenizer', 'dir')}", f"checkpoint.dir={directory / 'run'}",
                      f"train.init_from={init_from}", *stage.overrides]
         if negatives_from:
             overrides.append(f"data.negatives_from={negatives_from}")
-        summary = train(load_config(TRMRunConfig, stage.config, overrides), resume="auto")
+        summary = train_contrastive.train(load_config(train_contrastive.TRMRunConfig, stage.config, overrides),
+                                          resume="auto")
         return {"final": summary["final"], "run_dir": str(directory / "run"), "loss": summary.get("loss"),
                 "loss_png": str(directory / "run" / "loss.png")}
 
@@ -283,10 +309,6 @@ class Pipeline:
         """Long-document training pairs from the embedded units ("" when off or the data is not embedded)."""
         if not self.config.long_pair_lengths or self.out("data", "source") != "embedded":
             return ""
-        from data_prep.longdoc import load_units, long_training_pairs, pair_needle_candidates
-        from data_prep.pairs import write_pairs
-        from data_prep.tokenizer import load_tokenizer
-
         path = directory / "long_pairs.jsonl"
         if not path.is_file():  # written atomically, so an existing file is complete
             units = load_units(self.out("data", "root"))
@@ -302,24 +324,17 @@ class Pipeline:
         return str(path)
 
     def stage_reranker(self, directory: Path) -> dict:
-        from .train_reranker import RerankerRunConfig, train
-
         stage = self.config.reranker
         overrides = [*self._model_overrides(), f"data.pairs={self.out('data', 'pairs')}",
                      f"data.tokenizer={self.out('tokenizer', 'dir')}", f"checkpoint.dir={directory / 'run'}",
                      f"train.init_from={self.out('mlm_stage2', 'run_dir')}",
                      f"data.negatives_from={self.out('trm_ft', 'final')}", *stage.overrides]
-        summary = train(load_config(RerankerRunConfig, stage.config, overrides), resume="auto")
+        summary = train_reranker.train(load_config(train_reranker.RerankerRunConfig, stage.config, overrides),
+                                       resume="auto")
         return {"final": summary["final"], "run_dir": str(directory / "run"), "loss": summary.get("loss"),
                 "loss_png": str(directory / "run" / "loss.png")}
 
     def stage_evaluate(self, directory: Path) -> dict:
-        from data_prep.beir import read_beir
-
-        from .evaluate import run_evaluation
-        from .heads import TextRepresentationModel
-        from .train_contrastive import load_final
-
         trm, tokenizer, info = load_final(self.out("trm_ft", "final"))
         reranker, _, _ = load_final(self.out("reranker", "final"))
         torch.manual_seed(0)
@@ -332,14 +347,28 @@ class Pipeline:
                 "matryoshka_png": str(directory / "matryoshka.png"), "gamma": report.get("gamma")}
 
     def stage_longdoc(self, directory: Path) -> dict:
-        from . import longdoc_eval
-
-        return longdoc_eval.pipeline_stage(self, directory)
+        """Needle sets from the run's embedded units and tokenizer, the fine-tuned TRM (and reranker) scored on
+        them; `longdoc_overrides` are `LongDocEvalConfig` keys (e.g. lengths=[1024,2048] rerank_top_k=0)."""
+        config = load_config(LongDocEvalConfig, None, list(self.config.longdoc_overrides))
+        if self.out("data", "source") != "embedded":
+            return {"skipped": "long-document sets are built from the embedded data's aligned units"}
+        units = load_units(self.out("data", "root"))
+        trm, tokenizer, _ = load_final(self.out("trm_ft", "final"))
+        sets = build_longdoc_sets(units, tokenizer, config.lengths, queries_per_needle=config.queries_per_needle,
+                                  seed=config.seed, query_mode=config.query_mode)
+        for data in sets.values():
+            check_longdoc_set(data, units)
+        write_longdoc_sets(sets, directory / "sets")
+        reranker = load_final(self.out("reranker", "final"))[0] if "reranker" in self.records else None
+        gamma = config.gamma if config.gamma >= 0 else (self.records["evaluate"]["outputs"].get("gamma") or 0.1)
+        result = run_longdoc_eval(list(sets.values()), tokenizer, trm, reranker, gamma, config.rerank_top_k,
+                                  directory, config.heatmap_systems, progress=lambda m: self.log(f"[longdoc] {m}"),
+                                  query_mode=config.query_mode)
+        return {"table_md": str(result["table_md"]), "heatmap_png": str(result["heatmap_png"]),
+                "json": str(result["json"]), "sets": str(directory / "sets"), "gamma": gamma,
+                "queries": sum(len(s.needles) for s in sets.values())}
 
     def stage_export(self, directory: Path) -> dict:
-        from .export import export_pretrained
-        from .train_contrastive import load_final
-
         results = json.loads(Path(self.out("evaluate", "results_json")).read_text(encoding="utf-8"))["results"]
         tokenizer = self.out("tokenizer", "dir")
         outputs = {}
@@ -355,24 +384,22 @@ class Pipeline:
         return {k: str(v) for k, v in outputs.items()}
 
     def stage_report(self, directory: Path) -> dict:
-        from .report import write_report
-
-        path = write_report(self, directory)
-        return {"report": str(path)}
+        return {"report": str(write_report(self.records, self.workdir, directory))}
 
 
-def load_mlm(run_dir: str | Path):
-    """The MaskedLM of an MLM run directory's newest complete checkpoint."""
-    from .checkpoint import resolve_checkpoint
-    from .config import ModelConfig
-    from .heads import MaskedLM
-
-    run_dir = Path(run_dir)
-    config = load_config(ModelConfig, run_dir / "config.yaml", section="model")
-    model = MaskedLM(config)
-    state = torch.load(resolve_checkpoint(run_dir) / "model.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.eval()
+def validate_stage_settings(config: PipelineConfig) -> None:
+    """Load every trainer stage's preset with its overrides, and the long-document overrides, so a bad value
+    is reported (naming the stage and the field) before the first stage runs."""
+    for name, run_config in RUN_CONFIGS.items():
+        stage: StageConfig = getattr(config, name)
+        try:
+            load_config(run_config, stage.config or None, list(stage.overrides))
+        except (ValueError, FileNotFoundError) as err:
+            raise ValueError(f"{name}: {err}") from None
+    try:
+        load_config(LongDocEvalConfig, None, list(config.longdoc_overrides))
+    except ValueError as err:
+        raise ValueError(f"longdoc_overrides: {err}") from None
 
 
 def _jsonl(path: str | Path):
@@ -410,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(PipelineConfig, args.config, overrides)
         Pipeline(config, force=tuple(args.force)).run(only=tuple(args.only))
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError, RunLockedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -7,12 +7,9 @@ import platform
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
-
-if TYPE_CHECKING:
-    from .pipeline import Pipeline
 
 TRAINING_STAGES = ("mlm_stage1", "mlm_stage2", "trm_cpt", "trm_ft", "reranker")
 
@@ -30,14 +27,14 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return rows
 
 
-def plot_loss_curves(pipeline: Pipeline, path: Path) -> Path | None:
+def plot_loss_curves(records: dict[str, dict], path: Path) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = {stage: read_metrics(Path(pipeline.out(stage, "run_dir")))
-              for stage in TRAINING_STAGES if stage in pipeline.records}
+    curves = {stage: read_metrics(Path(records[stage]["outputs"]["run_dir"]))
+              for stage in TRAINING_STAGES if stage in records}
     curves = {k: v for k, v in curves.items() if v}
     if not curves:
         return None
@@ -54,10 +51,10 @@ def plot_loss_curves(pipeline: Pipeline, path: Path) -> Path | None:
     return path
 
 
-def _stage_table(pipeline: Pipeline) -> str:
+def _stage_table(records: dict[str, dict]) -> str:
     lines = ["| stage | seconds | key outputs |", "|---|---:|---|"]
     total = 0.0
-    for name, record in pipeline.records.items():
+    for name, record in records.items():
         if name == "report":
             continue
         total += record["seconds"]
@@ -69,35 +66,40 @@ def _stage_table(pipeline: Pipeline) -> str:
     return "\n".join(lines)
 
 
-def write_report(pipeline: Pipeline, directory: Path) -> Path:
+def write_report(records: dict[str, dict], workdir: Path, directory: Path) -> Path:
+    """`report.md` (and its PNGs) in `directory` from the pipeline's stage records (stage -> {"outputs": ...})."""
+
+    def out(stage: str, key: str) -> Any:
+        return records[stage]["outputs"][key]
+
     directory.mkdir(parents=True, exist_ok=True)
     sections = [f"# longenc main job report\n\nWritten {time.strftime('%Y-%m-%d %H:%M:%S')} on "
                 f"{platform.machine()} ({torch.get_num_threads()} threads, torch {torch.__version__}); "
-                f"work directory `{pipeline.workdir}`."]
-    data = pipeline.records["data"]["outputs"]
+                f"work directory `{workdir}`."]
+    data = records["data"]["outputs"]
     sections.append(f"## Data\n\nSource: {data['source']} ({data['root']}); "
                     f"{data.get('languages', len(data['mlm']))} languages"
                     + (f", scripts {', '.join(data['scripts'])}" if data.get("scripts") else "")
-                    + f". Tokenizer vocabulary {pipeline.out('tokenizer', 'vocab_size')} "
-                    f"(model {pipeline.out('tokenizer', 'padded_vocab_size')}); "
-                    f"{pipeline.out('shards', 'tokens'):,} MLM tokens in shards.")
-    sections.append("## Stages\n\n" + _stage_table(pipeline))
-    results_md = Path(pipeline.out("evaluate", "results_md"))
-    results = json.loads(Path(pipeline.out("evaluate", "results_json")).read_text(encoding="utf-8"))
+                    + f". Tokenizer vocabulary {out('tokenizer', 'vocab_size')} "
+                    f"(model {out('tokenizer', 'padded_vocab_size')}); "
+                    f"{out('shards', 'tokens'):,} MLM tokens in shards.")
+    sections.append("## Stages\n\n" + _stage_table(records))
+    results_md = Path(out("evaluate", "results_md"))
+    results = json.loads(Path(out("evaluate", "results_json")).read_text(encoding="utf-8"))
     sections.append("## Retrieval evaluation (held-out queries)\n\n"
                     f"{results['queries']} test queries over {results['corpus']} documents; hybrid = dense + "
                     f"γ·sparse with γ = {results.get('gamma')} chosen on the dev split. Rows prefixed `untrained` "
                     "are a randomly initialised model of the same shape.\n\n" + results_md.read_text(encoding="utf-8"))
     figures = []
-    loss_png = plot_loss_curves(pipeline, directory / "loss_curves.png")
+    loss_png = plot_loss_curves(records, directory / "loss_curves.png")
     if loss_png:
         figures.append(("Training loss", loss_png.name))
-    matryoshka = Path(pipeline.out("evaluate", "matryoshka_png"))
+    matryoshka = Path(out("evaluate", "matryoshka_png"))
     if matryoshka.is_file():
         shutil.copy(matryoshka, directory / "matryoshka.png")
         figures.append(("Matryoshka: nDCG@10 by embedding dimension", "matryoshka.png"))
-    if "longdoc" in pipeline.records:
-        longdoc = pipeline.records["longdoc"]["outputs"]
+    if "longdoc" in records:
+        longdoc = records["longdoc"]["outputs"]
         table = Path(longdoc["table_md"]).read_text(encoding="utf-8") if longdoc.get("table_md") else ""
         sections.append("## Long documents: what 8192 tokens buy over 512\n\n" + table)
         for key, value in longdoc.items():
@@ -106,10 +108,12 @@ def write_report(pipeline: Pipeline, directory: Path) -> Path:
                 figures.append((f"Long documents: {key}", Path(value).name))
     if figures:
         sections.append("## Plots\n\n" + "\n\n".join(f"**{title}**\n\n![{title}]({name})" for title, name in figures))
-    if "export" in pipeline.records:
-        exports = pipeline.records["export"]["outputs"]
+    if "export" in records:
+        exports = records["export"]["outputs"]
         sections.append("## Exports (Hugging Face, `trust_remote_code=True`)\n\n" + "\n".join(
             f"- {kind}: `{path}`" for kind, path in exports.items()))
     path = directory / "report.md"
-    path.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+    tmp.replace(path)
     return path

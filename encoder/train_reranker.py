@@ -23,27 +23,24 @@ from torch import Tensor
 from data_prep.pairs import PairRecord, read_pairs
 from data_prep.tokenizer import load_tokenizer, special_ids
 
+from .artifacts import load_encoder_weights, save_final
 from .config import ModelConfig, config_field
-from .distributed import all_reduce_sum, barrier, init_distributed, seed_everything
+from .distributed import all_reduce_sum, barrier, seed_everything
+from .grad_cache import grad_cache_step, plan_chunks
 from .heads import Reranker
 from .inference import tokenize_pairs, tokenize_texts
+from .loop import StepOutput, run_cli, run_loop, step_output, training_session
 from .losses import LossOutput
-from .train_contrastive import (
+from .pair_batching import (
     GroupedRecords,
     LengthBuckets,
     PairDocuments,
-    grad_cache_step,
     interleave,
-    load_encoder_weights,
     load_records,
     pick_negatives,
-    plan_chunks,
-    run_cli,
-    run_loop,
-    save_final,
+    validate_pair_data,
 )
-from .train_mlm import CheckpointConfig, LogConfig, OptimConfig
-from .training import build_engine, build_optimizer
+from .training import CheckpointConfig, LogConfig, OptimConfig, TrainConfig, build_engine, build_optimizer, require
 
 
 @dataclass
@@ -66,23 +63,27 @@ class RerankerDataConfig:
     long_batch_tokens: int = 65536  # a long batch holds as many query groups as fit in this many tokens
     max_long_length: int = 8192  # the whole `q + d` pair of a long step
 
+    def __post_init__(self) -> None:
+        validate_pair_data(self, ("max_length", "max_long_length"))
+        require(self.num_random_negatives >= 0, "data.num_random_negatives", "must be >= 0",
+                self.num_random_negatives)
+        require(self.num_hard_negatives + self.num_random_negatives >= 1, "data.num_hard_negatives",
+                "a listwise loss needs at least one negative per query (hard + random >= 1)",
+                self.num_hard_negatives)
+
 
 @dataclass
 class RerankerLossConfig:
     temperature: float = 1.0  # logits are unbounded, so 1 (the listwise softmax of the reference)
 
+    def __post_init__(self) -> None:
+        require(self.temperature > 0, "loss.temperature", "must be positive", self.temperature)
+
 
 @dataclass
-class RerankerTrainConfig:
-    max_steps: int = 1000
-    precision: str = "bf16"
-    seed: int = 0
-    device: str = "auto"
-    engine: str = "plain"
-    deepspeed_config: str = "launch/deepspeed/zero1.json"
+class RerankerTrainConfig(TrainConfig):
     init_from: str = ""  # MLM checkpoint / run dir (mGTE: MLM-8192 directly); head always fresh unless a reranker
     use_pooler: bool = True  # BERT tanh pooler before the classifier, as the released model
-    max_nonfinite: int = 5
 
 
 @dataclass
@@ -139,9 +140,11 @@ def listwise_loss(logits: Tensor, group_size: int, temperature: float, global_qu
 
 
 def reranker_step(engine, groups: list[list[tuple[str, str]]], tokenizer, config: RerankerRunConfig,
-                  device: torch.device, max_length: int | None = None) -> LossOutput:
+                  device: torch.device, max_length: int | None = None) -> tuple[LossOutput, int]:
+    """Forward/backward of one step's query groups on this rank; (loss, tokens of this rank's pairs)."""
     group_size = len(groups[0])
     sequences, _ = tokenize_pairs(tokenizer, [p for g in groups for p in g], max_length or config.data.max_length)
+    tokens = sum(len(s) for s in sequences)
     budget = config.data.sub_batch_tokens if config.data.grad_cache else sum(len(s) for s in sequences)
     chunks, inverse = plan_chunks(sequences, budget, device)
     global_queries = all_reduce_sum(torch.tensor(float(len(groups)), device=device))
@@ -157,54 +160,58 @@ def reranker_step(engine, groups: list[list[tuple[str, str]]], tokenizer, config
     if not config.data.grad_cache:
         result = loss_fn([forward(c) for c in chunks])
         engine.backward(result.loss)
-        return result
+        return result, tokens
     return grad_cache_step(forward, chunks, loss_fn, engine.backward, lambda t: [t], lambda _, leaves: leaves[0],
-                           lambda last: engine.accumulate(is_boundary=last), device)
+                           lambda last: engine.accumulate(is_boundary=last), device), tokens
 
 
-def train(config: RerankerRunConfig, resume: str = "none") -> dict:
+def train(config: RerankerRunConfig, resume: str = "none", stop_after: int | None = None) -> dict:
+    """Run (or continue) reranker training; returns the loop's summary with the `final/` directory."""
     train_cfg, optim_cfg, run_dir = config.train, config.optim, Path(config.checkpoint.dir)
-    env = init_distributed(train_cfg.device)
-    seed_everything(train_cfg.seed)
-    tokenizer = load_tokenizer(config.data.tokenizer)
-    special = special_ids(tokenizer)
-    if config.model.vocab_size < special.vocab_size:
-        raise ValueError(f"model.vocab_size: {config.model.vocab_size} is smaller than the tokenizer's "
-                         f"{special.vocab_size} ids (set model.vocab_size={special.padded_vocab_size})")
-    model = Reranker(replace(config.model), use_pooler=train_cfg.use_pooler)
-    if train_cfg.init_from:
-        print(f"initialised from {load_encoder_weights(model, train_cfg.init_from)}")
-    model.encoder.set_rope(config.model.rope_theta, config.model.rope_ntk_factor)
-    model.encoder.set_gradient_checkpointing(config.model.gradient_checkpointing)
-    model.to(env.device)
-    data = RerankGroups(load_records(config.data, env.device), config.data, train_cfg.seed, env.rank)
-    long_groups = long_rerank_groups(config.data, tokenizer, train_cfg.seed, env.rank)
-    batch_at, every = interleave(data, long_groups, config.data.long_every), config.data.long_every
+    with training_session(config) as env:
+        tokenizer = load_tokenizer(config.data.tokenizer)
+        special = special_ids(tokenizer)
+        if config.model.vocab_size < special.vocab_size:
+            raise ValueError(f"model.vocab_size: {config.model.vocab_size} is smaller than the tokenizer's "
+                             f"{special.vocab_size} ids (set model.vocab_size={special.padded_vocab_size})")
+        model = Reranker(replace(config.model), use_pooler=train_cfg.use_pooler)
+        if train_cfg.init_from:
+            print(f"initialised from {load_encoder_weights(model, train_cfg.init_from)}")
+        model.encoder.set_rope(config.model.rope_theta, config.model.rope_ntk_factor)
+        model.encoder.set_gradient_checkpointing(config.model.gradient_checkpointing)
+        model.to(env.device)
+        data = RerankGroups(load_records(config.data, env.device), config.data, train_cfg.seed, env.rank)
+        long_groups = long_rerank_groups(config.data, tokenizer, train_cfg.seed, env.rank)
+        batch_at, every = interleave(data, long_groups, config.data.long_every), config.data.long_every
+        seed_everything(train_cfg.seed, rank_offset=env.rank)
+        optimizer = build_optimizer(model, optim_cfg.lr, optim_cfg.weight_decay, optim_cfg.betas, optim_cfg.eps,
+                                    optim_cfg.decoupled_weight_decay, optim_cfg.lr_scales)
+        engine = build_engine(train_cfg.engine, model, optimizer, env, train_cfg.precision, 1,
+                              optim_cfg.max_grad_norm, train_cfg.deepspeed_config)
 
-    def step_fn(step: int) -> LossOutput:  # long steps get the long pair budget
-        is_long = long_groups is not None and step % every == every - 1
-        return reranker_step(engine, batch_at(step), tokenizer, config, env.device,
-                             config.data.max_long_length if is_long else None)
+        def step_fn(step: int) -> StepOutput:  # long steps get the long pair budget
+            is_long = long_groups is not None and step % every == every - 1
+            groups = batch_at(step)
+            result, tokens = reranker_step(engine, groups, tokenizer, config, env.device,
+                                           config.data.max_long_length if is_long else None)
+            return step_output(result, tokens, env.device)
 
-    seed_everything(train_cfg.seed, rank_offset=env.rank)
-    optimizer = build_optimizer(model, optim_cfg.lr, optim_cfg.weight_decay, optim_cfg.betas, optim_cfg.eps,
-                                optim_cfg.decoupled_weight_decay, optim_cfg.lr_scales)
-    engine = build_engine(train_cfg.engine, model, optimizer, env, train_cfg.precision, 1, optim_cfg.max_grad_norm,
-                          train_cfg.deepspeed_config)
-    summary = run_loop(config, env, engine, run_dir, resume, "reranker", step_fn)
-    final = run_dir / "final"
-    if env.is_main:
-        info = {"kind": "reranker", "use_pooler": train_cfg.use_pooler, "max_length": config.data.max_length,
-                "long_pairs": long_groups is not None,
-                "special_token_ids": list(special.all_special), "steps": summary["step"]}
-        save_final(final, engine.model, config.model, config.data.tokenizer, info)
-    barrier()
-    return {**summary, "final": str(final)}
+        summary = run_loop(config, env, engine, step_fn, desc="reranker", resume=resume, stop_after=stop_after)
+        done = summary["step"] == train_cfg.max_steps
+        final = run_dir / "final"
+        if env.is_main and done:
+            info = {"kind": "reranker", "use_pooler": train_cfg.use_pooler, "max_length": config.data.max_length,
+                    "long_pairs": long_groups is not None,
+                    "special_token_ids": list(special.all_special), "steps": summary["step"]}
+            save_final(final, engine.model, config.model, config.data.tokenizer, info)
+        barrier()
+    return {**summary, "final": str(final) if done else ""}
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(argv, RerankerRunConfig, train, "python -m encoder.train_reranker", __doc__,
-                   "configs/reranker.yaml")
+    return run_cli(argv, RerankerRunConfig, train, prog="python -m encoder.train_reranker", doc=__doc__,
+                   example="configs/reranker.yaml",
+                   init_help="MLM checkpoint or run dir (encoder weights; the head is fresh unless a reranker final/)")
 
 
 if __name__ == "__main__":

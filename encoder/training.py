@@ -1,6 +1,10 @@
-"""Training pieces every trainer shares (MLM, contrastive, reranker): optimizer, LR schedule, logging,
-progress, the non-finite-loss guard and the loss-curve plot. The engines (plain PyTorch / DDP vs DeepSpeed)
-live in `encoder.engine`; checkpoints in `encoder.checkpoint`.
+"""Training pieces every trainer shares (MLM, contrastive, reranker): the run-config sections they have in
+common, optimizer, LR schedule, logging, progress, the non-finite-loss guard and the loss-curve plot. The loop
+itself is `encoder.loop`; the engines (plain PyTorch / DDP vs DeepSpeed) live in `encoder.engine`; checkpoints
+in `encoder.checkpoint`.
+
+Every section validates itself when it is built (`__post_init__`), so a bad value is reported with its dotted
+name (`optim.lr: must be positive, got 0`) when the config is loaded, before any work.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +25,90 @@ from torch import nn
 from .distributed import all_reduce_sum
 from .engine import Engine, build_engine, set_lr
 
-__all__ = ["Engine", "NonFiniteGuard", "NonFiniteLossError", "Progress", "TrainLogger", "build_engine",
-           "build_optimizer", "lr_at", "parameter_groups", "plot_loss_curve", "read_metrics", "set_lr"]
+__all__ = ["CheckpointConfig", "Engine", "LogConfig", "NonFiniteGuard", "NonFiniteLossError", "OptimConfig",
+           "Progress", "TrainConfig", "TrainLogger", "build_engine", "build_optimizer", "lr_at", "parameter_groups",
+           "plot_loss_curve", "read_metrics", "require", "set_lr"]
 log = logging.getLogger(__name__)
+
+
+def require(condition: bool, field_name: str, message: str, value: Any) -> None:
+    """Raise `ValueError("<field>: <message>, got <value>")` unless `condition` holds."""
+    if not condition:
+        raise ValueError(f"{field_name}: {message}, got {value!r}")
+
+
+# ---- run-config sections every trainer has ----------------------------------------------------------------
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4  # peak LR (paper Table 8; the model card says 2e-4 for stage 1)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    weight_decay: float = 1e-5
+    decoupled_weight_decay: bool = True  # MosaicBERT-style: decay ∝ lr_t / lr_peak, not lr_t
+    warmup_ratio: float = 0.06
+    final_lr_ratio: float = 0.0  # linear decay to this fraction of the peak
+    max_grad_norm: float = 0.0  # 0 = no clipping (the reference uses none)
+    lr_scales: dict[str, float] = field(default_factory=dict)  # parameter-name prefix -> LR multiplier
+
+    def __post_init__(self) -> None:
+        require(math.isfinite(self.lr) and self.lr > 0, "optim.lr", "must be positive", self.lr)
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
+                "expected two values in [0, 1)", list(self.betas))
+        require(self.eps > 0, "optim.eps", "must be positive", self.eps)
+        require(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0", self.weight_decay)
+        require(0 <= self.warmup_ratio <= 1, "optim.warmup_ratio", "must be in [0, 1]", self.warmup_ratio)
+        require(0 <= self.final_lr_ratio <= 1, "optim.final_lr_ratio", "must be in [0, 1]", self.final_lr_ratio)
+        require(self.max_grad_norm >= 0, "optim.max_grad_norm", "must be >= 0 (0 = no clipping)", self.max_grad_norm)
+        for prefix, scale in self.lr_scales.items():
+            require(isinstance(scale, (int, float)) and scale > 0, f"optim.lr_scales.{prefix}", "must be positive",
+                    scale)
+
+
+@dataclass
+class TrainConfig:
+    """The `train:` section; trainers subclass it for their own fields and defaults."""
+
+    max_steps: int = 1000  # optimizer steps; the LR schedule spans exactly these
+    precision: str = "bf16"  # bf16 autocast (CPU and CUDA) or fp32
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    engine: str = "plain"  # plain (one process / DDP under torchrun), deepspeed, auto
+    deepspeed_config: str = "launch/deepspeed/zero1.json"
+    init_from: str = ""  # initial weights: a checkpoint / run directory, or a final/ directory
+    max_nonfinite: int = 5  # stop after this many non-finite losses in a row
+
+    def __post_init__(self) -> None:
+        require(self.max_steps >= 1, "train.max_steps", "must be >= 1", self.max_steps)
+        require(self.precision in ("fp32", "bf16"), "train.precision", "expected fp32 or bf16 (fp16 is not "
+                "supported)", self.precision)
+        require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "train.device",
+                "expected auto, cpu, cuda or cuda:N", self.device)
+        require(self.engine in ("plain", "deepspeed", "auto"), "train.engine", "expected plain, deepspeed or auto",
+                self.engine)
+        require(self.max_nonfinite >= 1, "train.max_nonfinite", "must be >= 1", self.max_nonfinite)
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = "runs/mlm_stage1"  # the run directory
+    every: int = 1000  # optimizer steps between checkpoints (and one at the end)
+    keep_last: int = 3
+
+    def __post_init__(self) -> None:
+        require(bool(str(self.dir).strip()), "checkpoint.dir", "must name a directory", self.dir)
+        require(self.every >= 1, "checkpoint.every", "must be >= 1", self.every)
+        require(self.keep_last >= 1, "checkpoint.keep_last", "must be >= 1", self.keep_last)
+
+
+@dataclass
+class LogConfig:
+    every: int = 1  # optimizer steps between JSONL / TensorBoard records
+    tensorboard: bool = True
+    progress: bool = True
+    plot: bool = True  # loss.png from metrics.jsonl at the end
+
+    def __post_init__(self) -> None:
+        require(self.every >= 1, "log.every", "must be >= 1", self.every)
 
 
 # ---- optimizer --------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_prep.batching import TokenBudgetBatchSampler, collate_unpadded
+from data_prep.batching import TokenBudgetBatchSampler, pack
 from data_prep.sampling import LanguageMixture, sampling_probabilities
 
 
@@ -46,9 +46,9 @@ def test_budget_no_padding_and_exact_cover():
     assert spread < 0.2 * np.ptp(lengths)
     # fill: the average batch uses most of the budget
     assert np.mean([lengths[b].sum() for b in batches]) > 0.8 * 2048
-    batch = collate_unpadded([np.arange(n) + 10 for n in lengths[batches[0]]])
-    assert batch.num_tokens == lengths[batches[0]].sum()  # no pad tokens in the packed row
-    assert batch.lengths == lengths[batches[0]].tolist()
+    input_ids, packed_lengths = pack([np.arange(n) + 10 for n in lengths[batches[0]]])
+    assert len(input_ids) == lengths[batches[0]].sum()  # no pad tokens in the packed row
+    assert packed_lengths == lengths[batches[0]].tolist()
 
 
 def test_deterministic_and_epoch_dependent():

@@ -20,8 +20,9 @@ STEPS = 40
 
 def _train(assets, long_pairs, tmp, use_long: bool):
     from data_prep.tokenizer import load_tokenizer, special_ids
+    from encoder.artifacts import load_final
     from encoder.config import load_config
-    from encoder.train_contrastive import TRMRunConfig, load_final, train
+    from encoder.train_contrastive import TRMRunConfig, train
 
     data, _, tokenizer_dir = assets
     overrides = [f"model.vocab_size={special_ids(load_tokenizer(tokenizer_dir)).padded_vocab_size}",

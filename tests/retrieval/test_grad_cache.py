@@ -6,9 +6,11 @@ import torch
 
 from encoder.config import ModelConfig
 from encoder.distributed import DistEnv
+from encoder.grad_cache import plan_chunks
 from encoder.heads import Reranker, TextRepresentationModel
 from encoder.losses import LossConfig, build_output_losses
-from encoder.train_contrastive import PairBatch, TRMRunConfig, false_negative_mask, plan_chunks, trm_loss_fn, trm_step
+from encoder.pair_batching import PairBatch
+from encoder.train_contrastive import TRMRunConfig, false_negative_mask, trm_loss_fn, trm_step
 from encoder.train_reranker import RerankerRunConfig, reranker_step
 from encoder.training import build_engine
 
@@ -96,6 +98,6 @@ def test_reranker_grad_cache_equals_full_batch(retrieval_tokenizer):
         engine = build_engine("plain", model, torch.optim.SGD(model.parameters(), lr=0.0), DistEnv())
         run = RerankerRunConfig()
         run.data.grad_cache, run.data.sub_batch_tokens, run.data.max_length = grad_cache, 24, 64
-        return grads_of(model, reranker_step(engine, groups, retrieval_tokenizer, run, torch.device("cpu")).loss)
+        return grads_of(model, reranker_step(engine, groups, retrieval_tokenizer, run, torch.device("cpu"))[0].loss)
 
     assert_same(grads(False), grads(True))

@@ -103,7 +103,7 @@ def test_row_mask_restricts_only_its_output_to_the_kept_queries():
 
 def test_pair_batches_flag_queries_without_a_shared_token(retrieval_tokenizer):
     from data_prep.pairs import PairRecord
-    from encoder.train_contrastive import PairBatches, PairDataConfig
+    from encoder.pair_batching import PairBatches, PairDataConfig
 
     records = [PairRecord("Delete %(name)s", "Supprimer %(name)s"), PairRecord("Heute", "今日")]
     batches = PairBatches(records, retrieval_tokenizer, PairDataConfig(batch_size=2, group_by="none"), seed=0)
@@ -117,7 +117,8 @@ def test_linked_positives_are_masked_in_batch_and_never_drawn_as_negatives(retri
     """Two records of one translation unit (de->en, fr->ko: linked through en<->ko) must not be each other's
     in-batch negative, nor each other's random negative in the reranker's groups."""
     from data_prep.pairs import PairRecord
-    from encoder.train_contrastive import PairBatches, PairDataConfig, false_negative_mask
+    from encoder.pair_batching import PairBatches, PairDataConfig
+    from encoder.train_contrastive import false_negative_mask
     from encoder.train_reranker import RerankerDataConfig, RerankGroups
 
     records = [PairRecord("Löschen", "Delete"), PairRecord("Supprimer", "삭제"), PairRecord("Delete", "삭제"),

@@ -17,12 +17,13 @@ from retrieval_helpers import CONFIGS
 
 from data_prep.beir import read_beir
 from data_prep.tokenizer import special_ids
+from encoder.artifacts import load_final
 from encoder.checkpoint import CheckpointManager
 from encoder.config import ModelConfig, load_config
 from encoder.evaluate import main as evaluate_main
 from encoder.evaluate import markdown_table, run_evaluation
 from encoder.heads import MaskedLM, TextRepresentationModel
-from encoder.train_contrastive import TRMRunConfig, build_trm, load_final
+from encoder.train_contrastive import TRMRunConfig, build_trm
 from encoder.train_contrastive import train as train_trm
 from encoder.train_reranker import RerankerRunConfig
 from encoder.train_reranker import train as train_reranker

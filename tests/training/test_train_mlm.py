@@ -13,7 +13,9 @@ from mlm_run_helpers import CONFIG, ROOT, env, overrides, run_trainer, trainer_c
 
 from encoder import train_mlm
 from encoder.config import load_config
+from encoder.distributed import init_distributed
 from encoder.heads import MaskedLM
+from encoder.mlm_data import MLMData
 from encoder.training import read_metrics
 
 
@@ -146,7 +148,7 @@ def test_stage2_starts_from_stage1_with_rope_160k(trained_run, tmp_path):
                          overrides({"shards": _shards(trained_run), "vocab_size": 2048}, tmp_path,
                                    **{"train.init_from": run_dir}))
     assert config.model.rope_theta == 160000.0 and config.data.max_length == 1024 and config.optim.lr == 2e-4
-    special = train_mlm.MLMData(config.data, train_mlm.init_distributed("cpu"), 0).special
+    special = MLMData(config.data, init_distributed("cpu"), 0).special
     model = train_mlm.build_model(config, special)
     stage1 = torch.load(run_dir / "ckpt-000040" / "model.pt", weights_only=True)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in stage1.items() if "rotary" not in k)

@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from data_prep.collator import MLMCollator
 from data_prep.tokenizer import SpecialIds
 from encoder.batch import IGNORE_INDEX
+from encoder.mlm_data import MLMCollator
 
 SPECIAL = SpecialIds(cls=0, sep=2, pad=1, unk=3, mask=999, vocab_size=1000, padded_vocab_size=1024)
 
