@@ -1,0 +1,31 @@
+"""Small text helpers shared by the parsers (plain text only; markup is always parsed by lxml)."""
+
+from __future__ import annotations
+
+import unicodedata
+
+CJK_COUNTERS = set("章節节장부편")
+
+
+def clean_inline(text: str) -> str:
+    """NFC, every whitespace run (newlines, NBSP, tabs) to one space, trimmed."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def strip_numbering(heading: str) -> str:
+    """Drop a numbering label from a heading: "6.2. Commands" / "Chapter 6. APT" / "第 6 章 APT" -> the words.
+
+    Only the first three words are looked at, and only up to a word holding a digit, so a heading that
+    merely contains a number later ("Using IPv6 in 2 steps") keeps it."""
+    words = heading.split()
+    cut = next((i for i, w in enumerate(words[:3]) if any(c.isdigit() for c in w)), None)
+    if cut is None or cut == len(words) - 1:
+        return heading
+    rest = words[cut + 1:]
+    if rest and len(rest[0]) == 1 and rest[0] in CJK_COUNTERS:  # 第 6 章 ...
+        rest = rest[1:]
+    return " ".join(rest) if rest else heading
+
+
+def letters(text: str) -> int:
+    return sum(c.isalpha() for c in text)
