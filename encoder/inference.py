@@ -3,7 +3,8 @@
 Inputs of any length are tokenised once (no specials), truncated to the model's budget (reported in one
 warning per call, never an exception), sorted by length into token-budget batches of packed sequences
 (no padding; `data_prep.batching` plans them), and the outputs are put back in input order. Empty and
-whitespace-only strings become `<s></s>` and still get an embedding.
+whitespace-only strings become `<s></s>` and still get an embedding; lone surrogates (what Python gives for
+undecodable bytes with `surrogateescape`) become U+FFFD. A non-string (None) is a TypeError naming its index.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import Tensor
 from data_prep.batching import TokenBudgetBatchSampler, pack
 
 from .batch import UnpaddedBatch
+from .export.text_input import checked_text, checked_texts
 from .heads import Reranker, SparseEmbedding, TextRepresentationModel
 
 DEFAULT_BATCH_TOKENS = 16384
@@ -53,7 +55,7 @@ def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int) -> tuple[li
     """`<s> text </s>` ids cut to `max_length`, and how many texts were cut."""
     backend = _backend(tokenizer)
     room = max_length - backend.num_special_tokens_to_add(False)
-    encodings = backend.encode_batch([str(t) for t in texts], add_special_tokens=False)
+    encodings = backend.encode_batch(checked_texts(texts, "texts"), add_special_tokens=False)
     truncated = 0
     out = []
     for enc in encodings:
@@ -71,8 +73,9 @@ def tokenize_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int)
     """
     backend = _backend(tokenizer)
     room = max_length - backend.num_special_tokens_to_add(True)
-    queries = backend.encode_batch([str(q) for q, _ in pairs], add_special_tokens=False)
-    docs = backend.encode_batch([str(d) for _, d in pairs], add_special_tokens=False)
+    query_texts, doc_texts = _checked_pairs(pairs)
+    queries = backend.encode_batch(query_texts, add_special_tokens=False)
+    docs = backend.encode_batch(doc_texts, add_special_tokens=False)
     truncated = 0
     out = []
     for q, d in zip(queries, docs):
@@ -83,6 +86,16 @@ def tokenize_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int)
             d.truncate(room - q_keep)
         out.append(backend.post_process(q, d, add_special_tokens=True).ids)
     return out, truncated
+
+
+def _checked_pairs(pairs: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    queries, docs = [], []
+    for index, pair in enumerate(pairs):
+        if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise TypeError(f"pairs[{index}]: expected a (query, document) pair, got {type(pair).__name__}")
+        queries.append(checked_text(pair[0], f"pairs[{index}][0]"))
+        docs.append(checked_text(pair[1], f"pairs[{index}][1]"))
+    return queries, docs
 
 
 def length_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
@@ -122,8 +135,6 @@ def encode(model: TextRepresentationModel, tokenizer, texts: Sequence[str], *, d
     """
     if sparse_format not in ("ids", "tokens", "both"):
         raise ValueError(f"sparse_format: expected ids, tokens or both, got {sparse_format!r}")
-    if isinstance(texts, str):
-        raise TypeError("texts: expected a sequence of strings, got one string (wrap it in a list)")
     budget = _budget(model, max_length)
     sequences, truncated = tokenize_texts(tokenizer, texts, budget)
     _warn_truncated(truncated, len(texts), budget, "texts")
@@ -189,5 +200,7 @@ def score_pairs(model: Reranker, tokenizer, pairs: Sequence[tuple[str, str]], *,
 def rerank(model: Reranker, tokenizer, query: str, documents: Sequence[str], *, max_length: int | None = None,
            batch_tokens: int = DEFAULT_BATCH_TOKENS) -> Tensor:
     """Relevance logits `[len(documents)]` of each document for `query` (input order; sort them yourself)."""
+    query = checked_text(query, "query")
+    documents = checked_texts(documents, "documents")  # errors name the document, not the pair
     return score_pairs(model, tokenizer, [(query, d) for d in documents], max_length=max_length,
                        batch_tokens=batch_tokens)

@@ -5,9 +5,22 @@
     save_mgte(model, "out/new-impl")                     # our model -> new-impl layout
 
 CLI: `python -m encoder.export --help`.
+
+The names are imported on first use: `encoder.inference` imports the light `encoder.export.text_input`, and
+that must not pull in transformers and sentence-transformers (seconds of import time) through this package.
 """
 
-from .hf import export_pretrained, model_kind
-from .mgte import load_mgte, save_mgte
+from __future__ import annotations
 
-__all__ = ["export_pretrained", "load_mgte", "model_kind", "save_mgte"]
+import importlib
+from typing import Any
+
+_LAZY = {"export_pretrained": ".hf", "model_kind": ".hf", "load_mgte": ".mgte", "save_mgte": ".mgte"}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name], __name__), name)

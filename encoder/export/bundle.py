@@ -1,7 +1,7 @@
 """Generate the code shipped in an export from our own source files, so the published model IS our model.
 
     modeling_longenc.py   encoder/{batch,attention,rope,config,model,heads}.py + export/hf_modeling.py, one file
-    sentence_longenc.py   export/st_modules.py (the sparse sentence-transformers module), importing the above
+    sentence_longenc.py   export/{text_input,st_modules}.py (the sentence-transformers modules), importing the above
     longenc_triton.py     kernels/{_utils,rope,attention,geglu}.py when present (optional GPU fast path)
 
 The transformation is mechanical and checked: package-relative imports are dropped (every name then lives in the
@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the repository root (holds encoder/ and kernels/)
-ENCODER_MODULES = ("encoder/batch.py", "encoder/attention.py", "encoder/rope.py", "encoder/config.py",
-                   "encoder/model.py", "encoder/heads.py", "encoder/export/hf_modeling.py")
+ENCODER_MODULES = ("kernels/reference.py", "encoder/batch.py", "encoder/kernel_switches.py", "encoder/attention.py",
+                   "encoder/rope.py", "encoder/config.py", "encoder/model.py", "encoder/heads.py",
+                   "encoder/export/hf_modeling.py")
 KERNEL_MODULES = ("kernels/_utils.py", "kernels/rope.py", "kernels/attention.py", "kernels/geglu.py")
+SENTENCE_MODULES = ("encoder/export/text_input.py", "encoder/export/st_modules.py")
 MODELING_FILE = "modeling_longenc.py"
 SENTENCE_FILE = "sentence_longenc.py"
 TRITON_FILE = "longenc_triton.py"
@@ -78,7 +80,18 @@ def _nested_import_replacement(node: ast.Import | ast.ImportFrom, triton_module:
                      for a in node.names)
 
 
-def _load_module(path: str, triton_module: str | None, relative_target: str | None) -> _Module:
+def _relative_import_path(path: str, node: ast.ImportFrom) -> str | None:
+    """The repository path a relative `from .x import y` in file `path` refers to (None for `from . import y`)."""
+    if node.module is None:
+        return None
+    package = Path(path).parents[node.level - 1]
+    return str(package / (node.module.replace(".", "/") + ".py"))
+
+
+def _load_module(path: str, triton_module: str | None, relative_target: str | None,
+                 bundled: tuple[str, ...] = ()) -> _Module:
+    """`path`'s source for a one-file bundle. Relative imports are dropped when `relative_target` is None or they
+    name a module in `bundled` (the names then live in the same file), else become `from .<relative_target>`."""
     source = (PACKAGE_ROOT / path).read_text(encoding="utf-8")
     lines = source.splitlines()
     tree = ast.parse(source)
@@ -90,7 +103,7 @@ def _load_module(path: str, triton_module: str | None, relative_target: str | No
         if _is_future(node):
             replace[start] = (end, [])
         elif isinstance(node, ast.ImportFrom) and node.level > 0:
-            if relative_target is None:  # same bundle: the names are defined in this very file
+            if relative_target is None or _relative_import_path(path, node) in bundled:  # defined in this file
                 replace[start] = (end, [])
             else:
                 names = ", ".join(a.name for a in node.names)
@@ -160,8 +173,8 @@ def modeling_source(with_triton: bool) -> str:
 
 def sentence_source() -> str:
     """The shipped `sentence_longenc.py` (imports the bundled modeling file relatively)."""
-    module = _load_module("encoder/export/st_modules.py", None, MODELING_FILE.removesuffix(".py"))
-    source = _join([module])
+    modules = [_load_module(p, None, MODELING_FILE.removesuffix(".py"), SENTENCE_MODULES) for p in SENTENCE_MODULES]
+    source = _join(modules)
     compile(source, SENTENCE_FILE, "exec")
     return source
 

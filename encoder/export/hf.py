@@ -87,7 +87,7 @@ def export_pretrained(model: TaskModel, out_dir: str | Path, tokenizer: str | Pa
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         config.save_pretrained(tmp)
         save_tensors(export_state_dict(model), tmp / "model.safetensors")
-        code = bundle.write_code(tmp, with_triton=include_kernels, sentence=kind == "trm")
+        code = bundle.write_code(tmp, with_triton=include_kernels, sentence=kind in ("trm", "reranker"))
         if tok is not None:
             tok.model_max_length = model.config.max_position_embeddings
             tok.save_pretrained(tmp)
@@ -115,7 +115,8 @@ def _transformer_module(task: str, output: str, module_output: str, max_seq_leng
             "module_output_name": module_output, "max_seq_length": max_seq_length}
 
 
-TRANSFORMER_TYPE = "sentence_transformers.base.modules.transformer.Transformer"
+# sentence-transformers' Transformer, cleaning lone surrogates before tokenising (st_modules.LongEncTransformer)
+TRANSFORMER_TYPE = f"{bundle.SENTENCE_FILE.removesuffix('.py')}.LongEncTransformer"
 
 
 def write_sentence_transformers(directory: Path, kind: str, model: TaskModel) -> None:

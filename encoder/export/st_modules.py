@@ -1,9 +1,14 @@
-"""sentence-transformers module for the sparse (lexical) output of a TRM export.
+"""sentence-transformers modules of the TRM and reranker exports.
 
-Shipped as `sentence_longenc.py` next to `modeling_longenc.py` (bundle.py rewrites the package imports below to
-`from .modeling_longenc import ...`). It follows the module contract exactly: `config_keys` + `get_config_dict`,
-`save` writes `config.json` + `model.safetensors` into the module folder, `load` reads them back; dimensions are
-known at construction (vocab size), never discovered at the first forward.
+    LongEncTransformer    the input module: sentence-transformers' Transformer, with lone surrogates replaced by
+                          U+FFFD before tokenising (text_input.py), as our own inference API does
+    LongEncSparsePooling  the sparse (lexical) output of a TRM
+
+Shipped as `sentence_longenc.py` next to `modeling_longenc.py` (bundle.py pastes text_input.py into the same
+file and rewrites the other package imports below to `from .modeling_longenc import ...`). The sparse module
+follows the module contract exactly: `config_keys` + `get_config_dict`, `save` writes `config.json` +
+`model.safetensors` into the module folder, `load` reads them back; dimensions are known at construction (vocab
+size), never discovered at the first forward.
 """
 
 from __future__ import annotations
@@ -11,12 +16,23 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from sentence_transformers.base.modules import Module
+from sentence_transformers.base.modules import Module, Transformer
 from torch import Tensor
 
 from ..batch import unpad
 from ..config import ModelConfig
 from ..heads import TRMHead
+from .text_input import clean_inputs, clean_text
+
+
+class LongEncTransformer(Transformer):
+    """The Transformer input module, minus the tokenizer's TypeError on a lone surrogate (what Python gives for
+    an undecodable byte): every text, and both sides of a CrossEncoder pair, is cleaned first."""
+
+    def preprocess(self, inputs, *args, **kwargs) -> dict[str, Any]:
+        if isinstance(kwargs.get("prompt"), str):
+            kwargs["prompt"] = clean_text(kwargs["prompt"])
+        return super().preprocess(clean_inputs(inputs), *args, **kwargs)
 
 
 class LongEncSparsePooling(Module):

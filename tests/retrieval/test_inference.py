@@ -79,3 +79,35 @@ def test_pair_truncation_cuts_the_document_first(retrieval_tokenizer):
     # both sides huge: each keeps about half
     (both,), _ = tokenize_pairs(retrieval_tokenizer, [("q " * 1000, doc)], max_length=64)
     assert len(both) == 64
+
+
+# lone surrogates (`surrogateescape` gives one per undecodable byte) and a surrogate pair; the same texts as the
+# tokenizer must see them: U+FFFD for each lone one, the character for the pair
+DIRTY = ["caf\udce9 menu", "\ud800", "emoji \ud83d\ude00 ok", "plain text"]
+CLEANED = ["caf\ufffd menu", "\ufffd", "emoji \U0001f600 ok", "plain text"]
+
+
+def test_lone_surrogates_become_replacement_characters(models, retrieval_tokenizer):
+    trm, reranker = models
+    dirty = encode(trm, retrieval_tokenizer, DIRTY, sparse=True)
+    cleaned = encode(trm, retrieval_tokenizer, CLEANED, sparse=True)
+    assert torch.equal(dirty.dense, cleaned.dense) and dirty.sparse_ids == cleaned.sparse_ids
+    assert not torch.allclose(dirty.dense[0], dirty.dense[2])  # distinct texts still get distinct vectors
+    scores = rerank(reranker, retrieval_tokenizer, "caf\udce9", DIRTY)
+    assert torch.equal(scores, rerank(reranker, retrieval_tokenizer, "caf\ufffd", CLEANED))
+    pairs = score_pairs(reranker, retrieval_tokenizer, list(zip(DIRTY, DIRTY[::-1])))
+    assert torch.equal(pairs, score_pairs(reranker, retrieval_tokenizer, list(zip(CLEANED, CLEANED[::-1]))))
+
+
+def test_none_is_an_error_naming_its_index(models, retrieval_tokenizer):
+    trm, reranker = models
+    with pytest.raises(TypeError, match=r"texts\[2\]: expected a string, got NoneType"):
+        encode(trm, retrieval_tokenizer, ["a", "b", None])
+    with pytest.raises(TypeError, match=r"documents\[1\]: expected a string, got NoneType"):
+        rerank(reranker, retrieval_tokenizer, "q", ["d", None])
+    with pytest.raises(TypeError, match=r"query: expected a string, got NoneType"):
+        rerank(reranker, retrieval_tokenizer, None, ["d"])
+    with pytest.raises(TypeError, match=r"pairs\[1\]\[0\]: expected a string, got int"):
+        score_pairs(reranker, retrieval_tokenizer, [("q", "d"), (3, "d")])
+    with pytest.raises(TypeError, match=r"texts: expected a sequence of strings, got one string"):
+        encode(trm, retrieval_tokenizer, "one string")
