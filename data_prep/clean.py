@@ -42,7 +42,8 @@ def leak_sentences(text: str) -> list[str]:
 @dataclass(frozen=True)
 class QualityRules:
     min_letters: int = 25  # letters in a paragraph (10 for unspaced scripts)
-    min_letter_share: float = 0.55  # letters / non-space characters: drops commands, paths, tables of numbers
+    min_letter_share: float = 0.55  # letters / non-space characters: drops tables of numbers, symbols
+    min_word_share: float = 0.6  # plain words / whitespace tokens (spaced scripts): drops commands and paths
     max_chars: int = 20_000
 
 
@@ -56,7 +57,20 @@ def quality_problem(text: str, lang: str, rules: QualityRules = QualityRules()) 
     visible = sum(not c.isspace() for c in text)
     if n_letters < rules.min_letter_share * visible:
         return "not_prose"
+    if lang not in UNSPACED:
+        tokens = text.split()
+        if sum(_plain_word(t) for t in tokens) < rules.min_word_share * len(tokens):
+            return "not_prose"
     return None
+
+
+WORD_EDGES = ".,;:!?()[]\"'«»„“”‘’¿¡…—–-"
+
+
+def _plain_word(token: str) -> bool:
+    """A word of prose: letters, with inner hyphens or apostrophes ("up-to-date", "don't"), edge punctuation."""
+    core = token.strip(WORD_EDGES).replace("-", "").replace("'", "").replace("’", "")
+    return bool(core) and core.isalpha()
 
 
 @cache

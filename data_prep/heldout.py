@@ -201,7 +201,8 @@ def longdoc_set(docs_by_lang: dict[str, list[Document]], rules: HeldoutRules = H
                 needles.append(NeedleSpan(qid, doc_key, lang, span["key"], span["start"], span["end"], len(long.text),
                                           round(span["start"] / len(long.text), 4)))
     if not corpus:
-        raise DataError(f"longdoc: no held-out page reaches {rules.min_long_chars} characters")
+        raise DataError(f"longdoc: no held-out page of {rules.min_long_chars}+ characters has a section with a "
+                        "heading that identifies it")
     return BeirData(corpus, queries, {k: v for k, v in qrels.items() if v}), needles
 
 

@@ -74,7 +74,8 @@ def parse_file(path: str | Path, lang: str, doc_id: str | None = None) -> Docume
             sections[id(container)] = Section(key or f"s{len(sections)}", heading, [], level)
         sections[id(container)].paragraphs.append(text)
     ordered = list(sections.values())
-    title = next((s.heading for s in ordered if s.heading), "")
+    top = next((d for d in root.iter("div") if CONTAINERS.intersection((d.get("class") or "").split())), None)
+    title = _heading(top)[1] if top is not None else ""
     titles = root.xpath("//head/title")
     if not title and titles:
         title = strip_numbering(clean_inline(titles[0].text_content()))
