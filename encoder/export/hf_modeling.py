@@ -5,8 +5,8 @@ together with batch.py, attention.py, rope.py, config.py, model.py and heads.py,
 `modeling_longenc.py` of an export, so the published code IS our code: parity holds by construction.
 
 Every class keeps the checkpoint layout of our own task models: the backbone under `encoder.*`, the task head under
-`head.*`. So `model.safetensors` is `MaskedLM/TextRepresentationModel/Reranker.state_dict()` as is, and any class
-loads any export (the other heads' keys are simply unused).
+`head.*`. So `model.safetensors` is `MaskedLM/TextRepresentationModel/Reranker.state_dict()` as is; `LongEncModel`
+(the backbone) loads every export and leaves the head's keys out without a load report.
 
 The fast path is the native one: padding is removed once at the entry (`unpad`), the model runs on packed tokens
 with the best attention backend of the registry (Triton on GPU when the bundled kernels import, else

@@ -11,10 +11,13 @@ token exactly as NewModel does), so the import is exact rather than folded.
 
 from __future__ import annotations
 
+import json
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..config import ModelConfig
@@ -33,6 +36,8 @@ NEW_IMPL_AUTO_MAP = {
     "AutoModelForSequenceClassification": "Alibaba-NLP/new-impl--modeling.NewForSequenceClassification",
     "AutoModelForTokenClassification": "Alibaba-NLP/new-impl--modeling.NewForTokenClassification",
 }
+MODEL_TYPE = "new"  # what the released new-impl configs declare; anything else is another architecture
+REQUIRED_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 # derived buffers some versions of the released code persist; never weights
 IGNORED_SUFFIXES = ("inv_freq", "cos_cached", "sin_cached", "position_ids")
 
@@ -189,29 +194,63 @@ def _config_of(model: TaskModel) -> ModelConfig:
     return model.config
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """config.json + model.safetensors (or pytorch_model.bin) of a local new-impl directory."""
-    import json  # noqa: PLC0415
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The config.json of a local new-impl directory, checked to be one (errors name the file)."""
+    file = Path(path) / "config.json"
+    if not file.is_file():
         raise FileNotFoundError(f"{path}: no config.json (expected a local mGTE checkpoint directory)")
-    cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    if (path / "model.safetensors").is_file():
-        weights = load_file(str(path / "model.safetensors"))
-    elif (path / "pytorch_model.bin").is_file():
-        weights = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
+    try:
+        cfg = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{file}: not valid JSON ({err})") from err
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(cfg).__name__}")
+    if cfg.get("model_type") != MODEL_TYPE:
+        raise ValueError(f"{file}: model_type {cfg.get('model_type')!r} is not an mGTE new-impl checkpoint "
+                         f"(expected {MODEL_TYPE!r})")
+    missing = [name for name in REQUIRED_FIELDS if name not in cfg]
+    if missing:
+        raise ValueError(f"{file}: missing required field(s) {', '.join(missing)}")
+    return cfg
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """model.safetensors (or pytorch_model.bin, loaded without pickle code) of a local new-impl directory."""
+    path = Path(path)
+    safetensors_file, torch_file = path / "model.safetensors", path / "pytorch_model.bin"
+    if safetensors_file.is_file():
+        try:
+            return load_file(str(safetensors_file))
+        except (SafetensorError, OSError) as err:  # truncated, empty, not safetensors at all
+            raise ValueError(f"{safetensors_file}: not a readable safetensors file ({err})") from err
+    if not torch_file.is_file():
         raise FileNotFoundError(f"{path}: neither model.safetensors nor pytorch_model.bin")
-    return cfg, weights
+    try:
+        weights = torch.load(torch_file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, OSError) as err:
+        # not torch's own message: it suggests weights_only=False, i.e. running the file's pickle code
+        raise ValueError(f"{torch_file}: not a readable PyTorch state dict ({type(err).__name__})") from err
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ValueError(f"{torch_file}: expected a state dict (names -> tensors), got {type(weights).__name__}")
+    return weights
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """config.json + model.safetensors (or pytorch_model.bin) of a local new-impl directory; the config is
+    checked before the (large) weights are read."""
+    return read_config(path), read_weights(path)
 
 
 def load_mgte(path: str | Path, kind: str | None = None, special_token_ids: tuple[int, ...] = (0, 1, 2, 3)
               ) -> TaskModel:
     """Our task model from a published mGTE directory; `kind` (mlm, trm, reranker, encoder) defaults to what
     the weights contain. The sparse head drops `special_token_ids` (XLM-R <s> <pad> </s> <unk>, as mGTE does)."""
-    cfg, weights = read_checkpoint(path)
-    config = model_config_from_mgte(cfg)
+    cfg = read_config(path)
+    try:
+        config = model_config_from_mgte(cfg)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{Path(path) / 'config.json'}: {err}") from err
+    weights = read_weights(path)
     kind = kind or infer_kind(weights)
     if kind == "mlm":
         model: TaskModel = MaskedLM(config)
@@ -223,7 +262,11 @@ def load_mgte(path: str | Path, kind: str | None = None, special_token_ids: tupl
         model = Encoder(config)
     else:
         raise ValueError(f"kind: expected mlm, trm, reranker or encoder, got {kind!r}")
-    missing, unexpected = model.load_state_dict(state_dict_from_mgte(weights, config, kind), strict=False)
+    try:
+        state = state_dict_from_mgte(weights, config, kind)
+    except ValueError as err:  # missing or unknown keys: name the checkpoint they came from
+        raise ValueError(f"{path}: {err}") from err
+    missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "head.decoder_weight"]  # tied to the embeddings, loaded with them
     if missing or unexpected:
         raise ValueError(f"load_mgte: missing {missing}, unexpected {unexpected}")

@@ -93,3 +93,42 @@ def test_imported_mgte_is_served_by_the_exported_code(tmp_path, monkeypatch):
     ids, mask = padded_inputs(LENGTHS, cfg["vocab_size"])
     hidden = served(input_ids=ids, attention_mask=mask).last_hidden_state
     assert (hidden - body(ids, mask)).abs().max().item() < 1e-5
+
+
+def _bad_checkpoint(tmp: Path, case: str) -> tuple[Path, str]:
+    """A copy of a valid mGTE TRM directory broken one way; returns it and the file the error must name."""
+    source = tmp / case
+    write_checkpoint(source, mgte_config(architectures=["NewForTokenClassification"]), "trm")
+    config, weights = source / "config.json", source / "model.safetensors"
+    if case == "bert_model_type":
+        config.write_text(json.dumps(mgte_config(model_type="bert")), encoding="utf-8")
+    elif case == "no_model_type":
+        config.write_text(json.dumps({k: v for k, v in mgte_config().items() if k != "model_type"}), encoding="utf-8")
+    elif case == "missing_field":
+        config.write_text(json.dumps({k: v for k, v in mgte_config().items() if k != "hidden_size"}), encoding="utf-8")
+    elif case == "malformed_config":
+        config.write_text('{"model_type": "new", "vocab_size": 512,', encoding="utf-8")
+    elif case == "truncated_safetensors":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif case == "empty_safetensors":
+        weights.write_bytes(b"")
+    elif case == "corrupt_bin":
+        weights.unlink()
+        (source / "pytorch_model.bin").write_bytes(b"not a torch file" * 8)
+        return source, str(source / "pytorch_model.bin")
+    return source, str(weights if "safetensors" in case else config)
+
+
+@pytest.mark.parametrize("case", ["bert_model_type", "no_model_type", "missing_field", "malformed_config",
+                                  "truncated_safetensors", "empty_safetensors", "corrupt_bin"])
+def test_import_mgte_bad_input_exits_2_naming_the_file(tmp_path, capsys, case):
+    source, named = _bad_checkpoint(tmp_path, case)
+    out = tmp_path / "served"
+    assert main(["import-mgte", str(source), "--out", str(out), "--no-kernels"]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err, err
+    if case.endswith("model_type"):
+        assert "model_type" in err and "'new'" in err
+    if case == "missing_field":
+        assert "hidden_size" in err
+    assert not out.exists() and _leftovers(tmp_path) == []  # nothing written for a rejected input

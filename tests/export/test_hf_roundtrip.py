@@ -189,3 +189,31 @@ def test_bundled_triton_kernels_run_without_the_repository(exported):
     assert proc.returncode == 0, proc.stderr[-4000:]
     diff = float(proc.stdout.strip().split("max_abs_diff=")[-1])
     assert diff < TOL
+
+
+@torch.no_grad()
+def test_init_weights_rebuilds_every_derived_buffer():
+    """The hook transformers 5 calls on modules whose buffers it refilled with `empty_like`."""
+    from encoder.export.hf_modeling import LongEncConfig, LongEncForSparseEmbedding  # noqa: PLC0415
+
+    config = LongEncConfig(special_token_ids=[0, 2, 5], vocab_size=64, hidden_size=32, num_layers=1, num_heads=2,
+                           intermediate_size=48, max_position_embeddings=128)
+    model = LongEncForSparseEmbedding(config)
+    expected = {name: b.clone() for name, b in model.named_buffers()}
+    assert expected["head.special_token_ids"].tolist() == [0, 2, 5]
+    for buffer in model.buffers():
+        buffer.fill_(77)  # what uninitialised memory may hold
+    for module in model.modules():
+        model._init_weights(module)
+    assert all(torch.equal(b, expected[name]) for name, b in model.named_buffers())
+
+
+def test_a_derived_buffer_without_a_rebuild_rule_is_an_error():
+    from encoder.export.hf_modeling import rebuild_derived_buffers  # noqa: PLC0415
+
+    module = torch.nn.Module()
+    module.register_buffer("lookup", torch.zeros(3), persistent=False)
+    with pytest.raises(TypeError, match="lookup"):
+        rebuild_derived_buffers(module)
+    module.register_buffer("lookup", torch.zeros(3))  # a persistent buffer is loaded from the checkpoint: fine
+    rebuild_derived_buffers(module)
