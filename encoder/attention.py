@@ -6,14 +6,17 @@ signature
     fn(q, k, v, cu_seqlens, max_seqlen) -> out          q, k, v, out: [T, heads, head_dim]
 
 scaled by 1/sqrt(head_dim), with blocks never crossing sequence boundaries. Import guards for optional
-packages live here and nowhere else: a backend whose package is missing is simply unavailable.
+attention packages live here: a backend whose package is missing is simply unavailable.
+
+`auto` picks, on CUDA: our Triton kernels once `make gpu-check` has recorded a pass for this device and Triton
+version (kernel_switches.triton_verified), else flash-attn, else xformers when importable, else PyTorch SDPA
+(sequences of one length per call); on CPU: SDPA. A backend named explicitly is used as named.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .kernel_switches import reference_attention, triton_interpreter, triton_verified
 
 AttentionFn = Callable[[Tensor, Tensor, Tensor, Tensor, int], Tensor]
 
@@ -34,7 +39,7 @@ class Backend:
 
 _REGISTRY: dict[str, Backend] = {}
 _LOADED: dict[str, AttentionFn] = {}
-# auto picks the first available backend on the device from this order
+# auto picks the first available backend on the device from this order (triton only where verified)
 AUTO_ORDER = ("triton", "flash", "xformers", "sdpa")
 
 
@@ -67,42 +72,6 @@ def is_available(name: str, device: torch.device | str) -> bool:
     return device_type in devices and _try_load(name) is not None
 
 
-def triton_interpreter() -> bool:
-    """Triton's interpreter runs kernels on CPU tensors: how CI tests them. Read at call time, so the order
-    in which modules and test fixtures set TRITON_INTERPRET does not matter."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-_TRITON_KERNELS: bool | None = None
-
-
-def triton_kernels_importable() -> bool:
-    """Whether our Triton kernels (kernels/) import here: the one import guard for them."""
-    global _TRITON_KERNELS
-    if _TRITON_KERNELS is None:
-        try:
-            import kernels.geglu  # noqa: F401, PLC0415
-            import kernels.rope  # noqa: F401, PLC0415
-
-            _TRITON_KERNELS = True
-        except ImportError:
-            _TRITON_KERNELS = False
-    return _TRITON_KERNELS
-
-
-def use_triton_kernel(impl: str, x: Tensor) -> bool:
-    """Decide `impl` (auto | torch | triton) for a fused elementwise kernel on tensor `x`.
-
-    auto = Triton on CUDA when importable; on CPU the interpreter is a test vehicle, never a default."""
-    if impl == "torch":
-        return False
-    if impl == "triton":
-        if not (x.is_cuda or triton_interpreter()):
-            raise ValueError("triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 for the CPU interpreter)")
-        return True
-    return x.is_cuda and triton_kernels_importable()
-
-
 def available_backends(device: torch.device | str) -> list[str]:
     return [name for name in _REGISTRY if is_available(name, device)]
 
@@ -115,7 +84,10 @@ def resolve_backend_name(name: str, device: torch.device | str) -> str:
             # the Triton interpreter can run on the CPU, but it is a test vehicle, never a default there
             if device_type == "cpu" and candidate != "sdpa":
                 continue
-            if is_available(candidate, device):
+            if not is_available(candidate, device):
+                continue
+            # no GPU had run our kernels when they were written: only once gpu-check passed on this device
+            if candidate != "triton" or triton_verified(device):
                 return candidate
         return "reference"
     if name not in _REGISTRY:
@@ -135,19 +107,6 @@ def get_backend(name: str, device: torch.device | str) -> AttentionFn:
 def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int,
                      backend: str = "auto") -> Tensor:
     return get_backend(backend, q.device)(q, k, v, cu_seqlens, max_seqlen)
-
-
-# ---- reference: plain PyTorch, one sequence at a time, float32 softmax ---------------------------------
-def reference_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int) -> Tensor:
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    lengths = _lengths(cu_seqlens)
-    outputs = []
-    # torch.split (not slicing) so the backward is one concatenation, not a full-size buffer per sequence
-    for qs, ks, vs in zip(q.split(lengths), k.split(lengths), v.split(lengths)):
-        qs, ks, vs = (x.transpose(0, 1).float() for x in (qs, ks, vs))  # [heads, L, d]
-        probs = torch.softmax((qs @ ks.transpose(-1, -2)) * scale, dim=-1)
-        outputs.append((probs @ vs).transpose(0, 1).to(q.dtype))
-    return torch.cat(outputs, dim=0)
 
 
 # ---- sdpa: PyTorch's fused attention, sequences of one length per call (no padding computed) --------------

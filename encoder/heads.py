@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from .batch import IGNORE_INDEX, UnpaddedBatch
 from .config import ModelConfig
-from .model import ACTIVATIONS, Encoder
+from .kernel_switches import ACTIVATIONS
+from .model import Encoder
 
 
 # ---- MLM ------------------------------------------------------------------------------------------------

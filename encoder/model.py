@@ -8,13 +8,13 @@ once, runs the packed model, and restores padding only on the output.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import first_token_attention, get_backend, resolve_backend_name, use_triton_kernel
+from .attention import first_token_attention, get_backend, resolve_backend_name
 from .batch import UnpaddedBatch, pad, unpad
 from .config import ModelConfig
+from .kernel_switches import ACTIVATIONS, use_triton_kernel
 from .rope import RotaryEmbedding
 
 # Rows wanted from the last layer: all (None), an index tensor `[M]`, or "first" (each sequence's first token).
@@ -23,13 +23,6 @@ OutputRows = Tensor | str | None
 
 def _row_index(rows: Tensor | str, batch: UnpaddedBatch) -> Tensor:
     return batch.first_token_index if isinstance(rows, str) else rows
-
-
-ACTIVATIONS = {
-    "gelu": lambda x: F.gelu(x),  # exact erf form, as mGTE's "gelu"
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "silu": F.silu,
-}
 
 
 class Embeddings(nn.Module):

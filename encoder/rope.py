@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .attention import use_triton_kernel
+from .kernel_switches import rotate_half, use_triton_kernel
 
 
 def rope_inv_freq(head_dim: int, theta: float, ntk_factor: float = 1.0,
@@ -23,11 +23,6 @@ def rope_inv_freq(head_dim: int, theta: float, ntk_factor: float = 1.0,
         return 1.0 / (theta ** exponents)
     inv_freq = 1.0 / ((theta * ntk_factor) ** exponents)
     return inv_freq / ntk_factor ** (2 / head_dim)
-
-
-def rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

@@ -26,6 +26,7 @@ Design
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import triton
@@ -44,10 +45,25 @@ SEARCH_BLOCK = 16 if INTERPRET else 512
 _PER_BATCH_ARGS = ["num_seqs", "total_tokens"]
 
 
+# fp32 is the correctness path, not a speed path: its IEEE dots run on FMA units, and the fp16/bf16 tiles
+# below compile to heavily spilling sm_90 code (3-80 s per config, measured offline with Triton 3.7's ptxas).
+# 32 x 32 tiles over 8 warps compile in 3-5 s for head dim 128, with little spilling.
+FP32_SHAPE = (32, 32, 8, 1)
+
+
 def _configs(shapes: list[tuple[int, int, int, int]]) -> list[triton.Config]:
+    """fp16/bf16 autotune set + FP32_SHAPE last (`_prune_by_dtype` gives each dtype its part)."""
     if INTERPRET:  # one config: the interpreter would otherwise "benchmark" each one in NumPy
         shapes = shapes[-1:]
+    else:
+        shapes = [*shapes, FP32_SHAPE]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+
+
+def _prune_by_dtype(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """fp32 inputs get the one FP32_SHAPE config (last), fp16/bf16 the others. (Only called with > 1 config,
+    i.e. not under the interpreter.)"""
+    return configs[-1:] if named_args["Q"].dtype == torch.float32 else configs[:-1]
 
 
 # (BLOCK_M, BLOCK_N, warps, stages). Forward and dQ: a program owns BLOCK_M queries; dK/dV: BLOCK_N keys.
@@ -56,6 +72,7 @@ FWD_CONFIGS = _configs([(128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64,
 DKDV_CONFIGS = _configs([(32, 128, 4, 5), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3), (64, 64, 4, 1)])
 DQ_CONFIGS = _configs([(128, 32, 4, 5), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (64, 64, 4, 1)])
 AUTOTUNE_KEY = ["seqlen_bucket", "HEAD_DIM"]  # the autotuner adds the tensors' dtypes itself
+PRUNE = {"early_config_prune": _prune_by_dtype}
 
 
 # ---- shared device helpers ---------------------------------------------------------------------------------
@@ -114,7 +131,7 @@ def _fwd_inner(acc, row_sum, row_max, q, k_base, v_base, stride_kt, stride_vt, s
     return acc, row_sum, new_max
 
 
-@triton.autotune(configs=FWD_CONFIGS, key=AUTOTUNE_KEY)
+@triton.autotune(configs=FWD_CONFIGS, key=AUTOTUNE_KEY, prune_configs_by=PRUNE)
 @triton.jit(do_not_specialize=_PER_BATCH_ARGS)
 def _attn_fwd_kernel(Q, K, V, OUT, LSE, cu_seqlens, num_seqs, total_tokens, seqlen_bucket, qk_scale,
                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
@@ -190,7 +207,7 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, 
     return dk, dv
 
 
-@triton.autotune(configs=DKDV_CONFIGS, key=AUTOTUNE_KEY)
+@triton.autotune(configs=DKDV_CONFIGS, key=AUTOTUNE_KEY, prune_configs_by=PRUNE)
 @triton.jit(do_not_specialize=_PER_BATCH_ARGS)
 def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, cu_seqlens, num_seqs, total_tokens, seqlen_bucket,
                           qk_scale, sm_scale, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
@@ -247,7 +264,7 @@ def _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, start
     return dq
 
 
-@triton.autotune(configs=DQ_CONFIGS, key=AUTOTUNE_KEY)
+@triton.autotune(configs=DQ_CONFIGS, key=AUTOTUNE_KEY, prune_configs_by=PRUNE)
 @triton.jit(do_not_specialize=_PER_BATCH_ARGS)
 def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, cu_seqlens, num_seqs, total_tokens, seqlen_bucket,
                         qk_scale, sm_scale, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
@@ -306,9 +323,38 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor) -> None:
     if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"q, k, v: expected one dtype of {SUPPORTED_DTYPES}, got {q.dtype}, {k.dtype}, {v.dtype}")
     if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-        raise ValueError("cu_seqlens: expected a [B+1] int32 tensor")
+        raise ValueError(f"cu_seqlens: expected a [B+1] int32 tensor, got {cu_seqlens.dtype} of shape "
+                         f"{tuple(cu_seqlens.shape)}")
+    if not cu_seqlens.is_contiguous():  # the kernels read it with unit stride
+        raise ValueError(f"cu_seqlens: expected a contiguous tensor, got stride {cu_seqlens.stride()}")
     if cu_seqlens.device != q.device:
         raise ValueError(f"cu_seqlens: on {cu_seqlens.device}, but q is on {q.device}")
+    _check_offsets(cu_seqlens, q.shape[0])
+
+
+# (weak reference, version counter) of the last cu_seqlens whose values passed _check_offsets
+_LAST_CHECKED_OFFSETS: tuple[weakref.ref, int | None] | None = None
+
+
+def _check_offsets(cu_seqlens: Tensor, total_tokens: int) -> None:
+    """cu_seqlens starts at 0, never decreases (empty sequences are fine) and ends at T: what the block lookup
+    assumes. Reading the values costs a host sync on CUDA, so it is done once per offsets tensor: the model
+    hands one batch's cu_seqlens to every layer (and to recomputation under checkpointing); a tensor changed
+    in place since (its version counter moved) is checked again."""
+    global _LAST_CHECKED_OFFSETS
+    version = None if cu_seqlens.is_inference() else cu_seqlens._version  # inference tensors have no counter
+    last = _LAST_CHECKED_OFFSETS
+    if last is not None and last[0]() is cu_seqlens and last[1] == version:
+        return
+    first, decreasing, final = torch.stack([cu_seqlens[0], (cu_seqlens[1:] < cu_seqlens[:-1]).sum().to(torch.int32),
+                                            cu_seqlens[-1]]).tolist()
+    if first != 0:
+        raise ValueError(f"cu_seqlens: must start at 0, starts at {first}")
+    if decreasing:
+        raise ValueError(f"cu_seqlens: must be non-decreasing, decreases at {decreasing} position(s)")
+    if final != total_tokens:
+        raise ValueError(f"cu_seqlens: ends at {final}, but q, k, v hold {total_tokens} tokens")
+    _LAST_CHECKED_OFFSETS = (weakref.ref(cu_seqlens), version)
 
 
 def _forward(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int) -> tuple[Tensor, Tensor]:

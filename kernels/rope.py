@@ -151,6 +151,10 @@ def fused_rope(q: Tensor, k: Tensor, cos_table: Tensor, sin_table: Tensor,
                          f"{position_ids.device}")
     if position_ids.shape != q.shape[:1]:
         raise ValueError(f"position_ids: shape {tuple(position_ids.shape)} != [T] = {tuple(q.shape[:1])}")
+    if position_ids.dtype.is_floating_point or position_ids.dtype.is_complex or position_ids.dtype == torch.bool:
+        raise ValueError(f"position_ids: expected an integer tensor, got {position_ids.dtype}")
+    if not position_ids.is_contiguous():  # the kernel reads it with unit stride
+        raise ValueError(f"position_ids: expected a contiguous tensor, got stride {position_ids.stride()}")
     if not inplace:
         return FusedRope.apply(q, k, cos_table, sin_table, position_ids)
     if q.stride(-1) != 1 or k.stride(-1) != 1:

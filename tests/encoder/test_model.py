@@ -1,15 +1,19 @@
 """Acceptance tests of the packed encoder (issue 2: a-f)."""
 
+import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from model_helpers import random_batch, tiny_config
 
-from encoder.attention import available_backends, get_backend, reference_attention, resolve_backend_name
+from encoder import kernel_switches
+from encoder.attention import available_backends, get_backend, is_available, resolve_backend_name
 from encoder.batch import UnpaddedBatch, unpad
 from encoder.model import Encoder
 from encoder.rope import RotaryEmbedding, apply_rotary, rope_inv_freq
+from kernels.reference import reference_attention
 
 MIXED = [1, 7, 129, 300, 17, 64]
 
@@ -80,10 +84,46 @@ def test_unknown_or_unavailable_backend_is_a_clear_error():
     assert resolve_backend_name("auto", "cpu") == "sdpa"
 
 
-def test_auto_picks_our_triton_kernels_on_cuda():
-    """The choice needs no GPU: the registry and the import guard decide (triton is a pinned dependency)."""
-    pytest.importorskip("triton", reason="triton not installed: auto would fall back to flash/xformers/sdpa")
+THIS_GPU = "Test GPU (sm_90), triton 0.0"
+
+
+@pytest.fixture
+def gpu_check_record(tmp_path, monkeypatch):
+    """A pass record in a temporary file, and a CUDA device identity that needs no GPU."""
+    path = tmp_path / "gpu_check.json"
+    monkeypatch.setenv(kernel_switches.RECORD_ENV, str(path))
+    monkeypatch.setattr(kernel_switches, "device_key", lambda device: THIS_GPU)
+    kernel_switches._VERIFIED.clear()
+    yield path
+    kernel_switches._VERIFIED.clear()
+
+
+def test_auto_on_cuda_uses_triton_only_after_a_gpu_check_pass(gpu_check_record):
+    """The choice needs no GPU: the registry, the import guards and the pass record decide."""
+    pytest.importorskip("triton", reason="triton not installed: auto never picks it")
+    known_good = next(b for b in ("flash", "xformers", "sdpa") if is_available(b, "cuda"))
+    fake_cuda_tensor = SimpleNamespace(is_cuda=True, device=torch.device("cuda"))
+    assert resolve_backend_name("auto", "cuda") == known_good
+    assert not kernel_switches.use_triton_kernel("auto", fake_cuda_tensor)  # RoPE, GLU: torch
+    assert resolve_backend_name("triton", "cuda") == "triton"  # named: used as named
+    kernel_switches.record_gpu_check_pass("Other GPU (sm_80), triton 0.0", {"passed": ["kernel tests"]})
+    assert resolve_backend_name("auto", "cuda") == known_good  # another device's pass does not count
+
+    kernel_switches.record_gpu_check_pass(THIS_GPU, {"passed": ["kernel tests"]})
     assert resolve_backend_name("auto", "cuda") == "triton"
+    assert kernel_switches.use_triton_kernel("auto", fake_cuda_tensor)
+    record = json.loads(gpu_check_record.read_text())
+    assert set(record["passes"]) == {"Other GPU (sm_80), triton 0.0", THIS_GPU}
+    assert record["passes"][THIS_GPU]["passed"] == ["kernel tests"] and record["passes"][THIS_GPU]["recorded"]
+    assert resolve_backend_name("auto", "cpu") == "sdpa"  # CPU: never the interpreter
+
+
+def test_unreadable_gpu_check_record_warns_and_counts_as_no_pass(gpu_check_record):
+    pytest.importorskip("triton")
+    gpu_check_record.write_text("{not json")
+    with pytest.warns(UserWarning, match="gpu_check.json"):
+        assert not kernel_switches.triton_verified("cuda")
+    assert resolve_backend_name("auto", "cuda") != "triton"
 
 
 # (c) the padded user path equals the unpadded path

@@ -5,6 +5,7 @@ which third-party packages may do at collection).
 """
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,3 +23,17 @@ def poison_kernel_outputs(monkeypatch):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
     monkeypatch.setattr(utils, "empty", nan_filled)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist's --dist loadgroup runs a group on one worker")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Group kernel cases by (dtype, head dim): under pytest-xdist with --dist loadgroup (scripts/gpu_check.py on
+    a GPU) each worker then compiles each kernel variant once, instead of every worker compiling all of them."""
+    here = Path(__file__).parent
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if here in Path(item.path).parents and "dtype" in params and "head_dim" in params:
+            item.add_marker(pytest.mark.xdist_group(f"{params['dtype']}-{params['head_dim']}"))

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from kernel_helpers import DEVICE, HAS_CUDA, check_accuracy, needs_cuda
 
 from kernels.attention import triton_varlen_attention
 from kernels.reference import reference_varlen_attention
+
+ROOT = Path(__file__).resolve().parents[2]
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 LENGTH_SETS = {
@@ -19,6 +26,7 @@ LENGTH_SETS = {
     "long-mix": pytest.param([4000, 1, 2047, 129, 64, 8192, 33], marks=needs_cuda),
 }
 HEADS = 4 if HAS_CUDA else 2  # the interpreter runs programs one by one: keep CPU cases small
+LONGEST_FP32 = 512  # on CUDA, fp32 runs the sets up to "mixed"; 8192 and the long mix are fp16/bf16 only
 
 
 def packed_inputs(lengths: list[int], heads: int, head_dim: int, dtype: torch.dtype, seed: int = 0):
@@ -44,6 +52,8 @@ def attention_and_grads(fn, qkv: torch.Tensor, dout: torch.Tensor, cu_seqlens, m
 def test_matches_reference(lengths, head_dim, dtype):
     if not HAS_CUDA and head_dim not in (32, 64) and lengths != [129]:
         pytest.skip(f"CPU interpreter: head_dim {head_dim} runs on the 129 set only (time budget; all sets on CUDA)")
+    if dtype == torch.float32 and max(lengths) > LONGEST_FP32:
+        pytest.skip("fp32 is the correctness path: the small sets only (one 32 x 32 config, FMA dots)")
     qkv, dout, cu_seqlens = packed_inputs(lengths, HEADS, head_dim, dtype)
     max_seqlen = max(lengths)
     out, grads = attention_and_grads(triton_varlen_attention, qkv, dout, cu_seqlens, max_seqlen)
@@ -97,6 +107,61 @@ def test_rejects_unsupported_inputs():
     qkv, _, cu_seqlens = packed_inputs([8], 1, 32, torch.float32)
     with pytest.raises(ValueError, match="int32"):
         triton_varlen_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens.long(), 8)
+
+
+@pytest.mark.parametrize(("offsets", "message"), [
+    ([2, 5, 12], "must start at 0"),
+    ([0, 9, 5, 12], "must be non-decreasing"),
+    ([0, 5, 11], "ends at 11, but q, k, v hold 12 tokens"),
+    ([0, 5, 13], "ends at 13"),
+])
+def test_rejects_offsets_the_kernels_cannot_use(offsets, message):
+    qkv, _, _ = packed_inputs([5, 7], 1, 32, torch.float32)
+    cu_seqlens = torch.tensor(offsets, dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match=f"cu_seqlens: {message}"):
+        triton_varlen_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, 12)
+
+
+def test_rejects_strided_offsets_and_rechecks_offsets_changed_in_place():
+    qkv, _, cu_seqlens = packed_inputs([5, 7], 1, 32, torch.float32)
+    q, k, v = qkv.unbind(1)
+    strided = torch.stack([cu_seqlens, cu_seqlens], dim=1)[:, 0]  # right values, stride 2
+    with pytest.raises(ValueError, match="cu_seqlens: expected a contiguous"):
+        triton_varlen_attention(q, k, v, strided, 7)
+    triton_varlen_attention(q, k, v, cu_seqlens, 7)  # valid: its values are not read again...
+    cu_seqlens[1] = 13  # ...unless the tensor changes
+    with pytest.raises(ValueError, match="cu_seqlens: must be non-decreasing"):
+        triton_varlen_attention(q, k, v, cu_seqlens, 7)
+
+
+def test_empty_sequences_are_allowed():
+    """Non-decreasing, not increasing: a zero-length sequence owns no block and shifts nothing."""
+    lengths = [5, 0, 9, 0]
+    qkv, dout, cu_seqlens = packed_inputs(lengths, 1, 32, torch.float32, seed=5)
+    out, grads = attention_and_grads(triton_varlen_attention, qkv, dout, cu_seqlens, 9)
+    exact_out, exact_grads = attention_and_grads(reference_varlen_attention, qkv.double(), dout, cu_seqlens, 9)
+    check_accuracy("out", out, exact_out, None, factor=2)
+    for name, grad, exact in zip(("dq", "dk", "dv"), grads, exact_grads):
+        check_accuracy(name, grad, exact, None, factor=3)
+
+
+def test_fp32_gets_one_small_config_and_fp16_bf16_the_autotune_set():
+    """On a GPU fp32 (IEEE FMA dots) compiles one 32 x 32 config per kernel instead of five spilling ones.
+    Checked on the configs a GPU process builds (no interpreter), in a fresh process: no GPU needed."""
+    script = (
+        "import torch\n"
+        "from kernels import attention as a\n"
+        "for configs in (a.FWD_CONFIGS, a.DKDV_CONFIGS, a.DQ_CONFIGS):\n"
+        "    fp32 = a._prune_by_dtype(configs, {'Q': torch.empty(1)})\n"
+        "    half = a._prune_by_dtype(configs, {'Q': torch.empty(1, dtype=torch.bfloat16)})\n"
+        "    shape = lambda c: (c.kwargs['BLOCK_M'], c.kwargs['BLOCK_N'], c.num_warps, c.num_stages)\n"
+        "    assert [shape(c) for c in fp32] == [a.FP32_SHAPE], fp32\n"
+        "    assert len(half) == 5 and a.FP32_SHAPE not in [shape(c) for c in half], half\n"
+        "print('ok')\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
 
 
 @needs_cuda

@@ -7,7 +7,7 @@ import torch
 from kernel_helpers import DEVICE, check_accuracy
 
 from kernels.geglu import geglu, glu
-from kernels.reference import GLU_ACTIVATIONS, reference_glu
+from kernels.reference import ACTIVATIONS, reference_glu
 
 # (tokens, I): a single element, odd sizes, and I > 1024 so a row spans several column blocks
 SHAPES = [(1, 1), (37, 300), (5, 1100)]
@@ -39,7 +39,7 @@ def test_matches_reference(shape, activation, dtype):
 
     def torch_path(x):  # encoder.model.GatedMLP's unfused math, in the input dtype
         up, gate = x.chunk(2, dim=-1)
-        return GLU_ACTIVATIONS[activation](gate) * up
+        return ACTIVATIONS[activation](gate) * up
 
     low_out, low_d_in = glu_and_grad(torch_path, up_gate, grad)
     assert out.dtype == dtype and out.shape == (shape[0], shape[1])
@@ -61,3 +61,10 @@ def test_rejects_unknown_activation():
     up_gate, _ = inputs(2, 4, torch.float32)
     with pytest.raises(ValueError, match="activation"):
         glu(up_gate, "relu")
+
+
+def test_kernel_implements_every_activation_of_the_table():
+    """One activation table (kernels/reference.py): the model accepts exactly what the fused kernel computes."""
+    from kernels.geglu import GLU_ACTIVATIONS
+
+    assert tuple(ACTIVATIONS) == GLU_ACTIVATIONS

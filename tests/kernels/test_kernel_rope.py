@@ -100,3 +100,14 @@ def test_rejects_mismatched_tables():
     rotary, positions, qkv, _ = setup([4], 1, 32, torch.float32)
     with pytest.raises(ValueError, match="cos_table"):
         fused_rope(qkv[:, 0], qkv[:, 1], rotary.cos_table[:, :16], rotary.sin_table[:, :16], positions)
+
+
+def test_rejects_strided_or_float_position_ids():
+    rotary, positions, qkv, _ = setup([4, 3], 1, 32, torch.float32)
+    strided = torch.stack([positions, positions], dim=1)[:, 0]  # right values, stride 2
+    assert torch.equal(strided, positions) and not strided.is_contiguous()
+    with pytest.raises(ValueError, match="position_ids: expected a contiguous"):
+        fused_rope(qkv[:, 0], qkv[:, 1], rotary.cos_table, rotary.sin_table, strided)
+    with pytest.raises(ValueError, match="position_ids: expected an integer"):
+        fused_rope(qkv[:, 0], qkv[:, 1], rotary.cos_table, rotary.sin_table, positions.float())
+    fused_rope(qkv[:, 0], qkv[:, 1], rotary.cos_table, rotary.sin_table, strided.contiguous())  # accepted
