@@ -42,7 +42,7 @@ from data_prep.heldout import (
     longdoc_set,
     write_longdoc,
 )
-from data_prep.pairs import read_pairs, write_pairs
+from data_prep.pairs import PairRecord, read_pairs, write_pairs
 from data_prep.sources import Document, Section
 from data_prep.sources.debian import DebPackage, Downloader, apt_download, get_package
 from data_prep.sources.languages import check_languages
@@ -261,18 +261,23 @@ def build_corpus(out_dir: str | Path, config: CorpusConfig | str = "small", cach
         if manifest.get("format") == FORMAT and manifest.get("config") == config.to_dict():
             return _result(out_dir, manifest)
     started = time.perf_counter()
+    seconds = {}
     plan = plan_packages(config)
     packages = fetch_all(plan, cache_dir, download)
+    seconds["fetch"] = time.perf_counter() - started
     docs = parse_all(config, plan, packages, progress)
+    seconds["parse"] = time.perf_counter() - started - sum(seconds.values())
     for (source, lang), pages in docs.items():
         if not pages:
             raise DataError(f"{source}: no page with text for language {lang!r} in {plan[(source, lang)]}")
     indomain = indomain_pages(docs, config.heldout, config.indomain_fraction, config.seed)
     heldout_docs = [d for (s, _), ds in docs.items() if s in config.heldout for d in ds]
     indomain_docs = [d for (s, _), ds in docs.items() for d in ds if (s, d.doc_id) in indomain]
-    fingerprints = Fingerprints.of(heldout_docs).merge(Fingerprints.of(indomain_docs))
-    cleaner = Cleaner(config, fingerprints)
+    cleaner = Cleaner(config, Fingerprints(set(), set()))
     eval_docs = {id(d): cleaner.clean(d, heldout=True)[0] for d in [*heldout_docs, *indomain_docs]}
+    # held-out text = what the eval sets can contain: the cleaned pages' titles, headings and paragraphs
+    fingerprints = Fingerprints.of(eval_docs.values())
+    cleaner.fingerprints = fingerprints
     train, mlm_docs = [], []
     for (source, _), pages in sorted(docs.items(), key=lambda kv: (config.sources.index(kv[0][0]), kv[0][1])):
         for doc in pages:
@@ -281,13 +286,17 @@ def build_corpus(out_dir: str | Path, config: CorpusConfig | str = "small", cach
                 train.append(full)
                 mlm_docs.append(unique)
     embedded = embedded_parts(config, cache_dir, fingerprints) if EMBEDDED in config.sources else None
+    seconds["clean"] = time.perf_counter() - started - sum(seconds.values())
 
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        counts = _write(tmp, config, train, mlm_docs, embedded, heldout_docs, indomain_docs, eval_docs)
+        counts = _write(tmp, config, train, mlm_docs, embedded, heldout_docs, indomain_docs, eval_docs, fingerprints)
+        seconds["write"] = time.perf_counter() - started - sum(seconds.values())
         leak = check_no_leakage(tmp, fingerprints)
+        seconds["leak_check"] = time.perf_counter() - started - sum(seconds.values())
         manifest = _manifest(config, plan, packages, cleaner, counts, embedded, leak, started)
+        manifest["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
         write_json(tmp / "manifest.json", manifest)
         _replace_dir(tmp, out_dir)
     finally:
@@ -312,7 +321,7 @@ def _by_lang(docs: Sequence[Document]) -> dict[str, list[Document]]:
 
 def _write(root: Path, config: CorpusConfig, train: list[Document], mlm_docs: list[Document],
            embedded: dict | None, heldout_docs: list[Document], indomain_docs: list[Document],
-           eval_docs: dict[int, Document]) -> dict:
+           eval_docs: dict[int, Document], fingerprints: Fingerprints) -> dict:
     counts: dict = {}
     # MLM text per language: embedded documents first, then one line per page
     embedded_mlm = (embedded or {}).get("mlm", {})
@@ -337,6 +346,12 @@ def _write(root: Path, config: CorpusConfig, train: list[Document], mlm_docs: li
     random.Random(f"ft-mix-{config.seed}").shuffle(ft)
     longs = [ld for ld in map(long_document, train) if len(ld.text) >= config.min_long_chars]
     lpairs = long_pairs(longs, seed=config.seed)
+    # a pair can cut a kept paragraph into pieces (first sentence / rest): drop any piece that is held-out text
+    counts["pairs_dropped_heldout"] = {}
+    for name, records in (("train", ft), ("cpt", cpt), ("long", lpairs)):
+        kept = [r for r in records if not _holds_heldout(r, fingerprints)]
+        counts["pairs_dropped_heldout"][name] = len(records) - len(kept)
+        records[:] = kept
     for name, records in (("train", ft), ("cpt", cpt), ("long", lpairs)):
         if records:
             write_pairs(records, root / "pairs" / f"{name}.jsonl")
@@ -377,6 +392,11 @@ def _write(root: Path, config: CorpusConfig, train: list[Document], mlm_docs: li
         counts["heldout"][source] = {"label": "held-out domain", "languages": sorted(by_lang), "sets": sets,
                                      "missing_languages": sorted(set(config.languages) - set(by_lang))}
     return counts
+
+
+def _holds_heldout(record: PairRecord, fingerprints: Fingerprints) -> bool:
+    return any(fingerprints.hit(line) is not None for text in (record.query, record.positive, *record.negatives)
+               for line in text.split("\n"))
 
 
 def _group(longs) -> dict[str, list]:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from data_prep.beir import BeirData, write_beir
-from data_prep.clean import leak_key, leak_sentences
+from data_prep.clean import LEAK_MIN_SENTENCE, leak_key, leak_sentences, sentences
 from data_prep.files import DataError, read_jsonl, write_jsonl
 from data_prep.sources import Document
 from data_prep.sources.text import letters
@@ -73,11 +73,16 @@ class Fingerprints:
         return cls(units, sents)
 
     def hit(self, text: str) -> str | None:
-        """The held-out key found in `text` (a line, or one of its long sentences), else None."""
+        """The held-out key found in `text`: the whole text or one of its sentences is a held-out unit, or one
+        of its long sentences is a held-out sentence; else None."""
         key = leak_key(text)
         if key in self.units:
             return key
-        return next((s for s in leak_sentences(text) if s in self.sentences), None)
+        for sentence in sentences(text):
+            part = leak_key(sentence)
+            if part in self.units or (len(part) >= LEAK_MIN_SENTENCE and part in self.sentences):
+                return part
+        return None
 
     def merge(self, other: Fingerprints) -> Fingerprints:
         return Fingerprints(self.units | other.units, self.sentences | other.sentences)

@@ -142,3 +142,11 @@ def test_leak_check_finds_heldout_text_in_any_training_file(tmp_path, leak):
 
 def test_leak_key_is_nfkc_casefold_whitespace():
     assert leak_key("  Ｆoo\u00a0 BAR\n") == leak_key("foo bar") == "foo bar"
+
+
+def test_a_short_heldout_paragraph_inside_a_training_paragraph_is_found():
+    """Found on the real data: a held-out one-sentence paragraph opened a longer training paragraph, and the
+    first-sentence pair cut it out as a training query."""
+    fingerprints = Fingerprints.of([Document("src", "h", "pt", "T", [Section("k", "", ["Clique em Energia."])])])
+    assert fingerprints.hit("Clique em Energia. Depois escolha o modo de economia de energia que preferir.")
+    assert fingerprints.hit("Escolha o modo de economia de energia que preferir.") is None
