@@ -207,17 +207,29 @@ class DeepSpeedEngine(Engine):
                                "(its overflow check skips such steps)")
         return applied
 
-    def _consolidated_state_dict(self) -> dict[str, Tensor] | None:
-        if self.zero_stage == 3:  # parameters are partitioned: gather (collective; rank 0 gets the dict)
-            return self.ds._zero3_consolidated_16bit_state_dict()
-        return self.model.state_dict()
+    def _full_state_dict(self) -> dict[str, Tensor]:
+        """The full weights in fp32, parameters taken from the optimizer's fp32 master copies (with bf16 the
+        module's own parameters are bf16: `.float()` of those would hand `--init-from`, export and evaluation
+        weights rounded to 8 mantissa bits). A collective: every rank calls it, in the same parameter order."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        masters: dict[int, Tensor] = {}
+        state = {}
+        for name, value in self.model.state_dict(keep_vars=True).items():
+            if isinstance(value, nn.Parameter):
+                if id(value) not in masters:  # tied weights appear under several names
+                    full = safe_get_full_fp32_param(value)
+                    masters[id(value)] = (full if full is not None else value).detach().float().cpu()
+                state[name] = masters[id(value)]
+            else:
+                state[name] = value.detach().cpu()
+        return state
 
     def save_state(self, directory: Path) -> None:
         self.ds.save_checkpoint(str(directory / "deepspeed"), tag="state", save_latest=False)
-        state = self._consolidated_state_dict()
+        state = self._full_state_dict()
         if rank() == 0:  # full weights in one file: `--init-from`, export and evaluation read this
-            torch.save({k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
-                        for k, v in state.items()}, directory / "model.pt")
+            torch.save(state, directory / "model.pt")
 
     def load_state(self, directory: Path) -> None:
         path, _ = self.ds.load_checkpoint(str(directory / "deepspeed"), tag="state", load_optimizer_states=True,

@@ -42,7 +42,7 @@ from data_prep.longdoc import (
     write_longdoc_sets,
 )
 from data_prep.pairs import write_pairs
-from data_prep.tokenizer import load_tokenizer, save_hf_tokenizer, special_ids, train_sentencepiece
+from data_prep.tokenizer import load_tokenizer, save_hf_tokenizer, special_ids, train_tokenizer_from_files
 
 from . import train_contrastive, train_mlm, train_reranker
 from .artifacts import load_final, load_mlm
@@ -250,13 +250,14 @@ class Pipeline:
     def stage_tokenizer(self, directory: Path) -> dict:
         settings = self.config.tokenizer
         if settings.spm_model:
-            spm_path = Path(settings.spm_model)
-        else:
-            texts = (row["text"] for path in self.out("data", "mlm").values() for row in _jsonl(path))
-            spm_path = train_sentencepiece(texts, directory / "spm", vocab_size=settings.vocab_size)
-        hf_dir = save_hf_tokenizer(spm_path, directory / "hf")
-        ids = special_ids(load_tokenizer(hf_dir))
-        return {"dir": str(hf_dir), "vocab_size": ids.vocab_size, "padded_vocab_size": ids.padded_vocab_size}
+            hf_dir = save_hf_tokenizer(Path(settings.spm_model), directory / "hf")
+            ids, skipped = special_ids(load_tokenizer(hf_dir)), {}
+        else:  # bad lines of the MLM files are skipped and counted as the shards stage does
+            trained = train_tokenizer_from_files(self.out("data", "mlm").values(), directory / "hf",
+                                                 vocab_size=settings.vocab_size)
+            hf_dir, ids, skipped = trained.directory, trained.special_ids, trained.skipped
+        return {"dir": str(hf_dir), "vocab_size": ids.vocab_size, "padded_vocab_size": ids.padded_vocab_size,
+                "skipped": skipped}
 
     def stage_shards(self, directory: Path) -> dict:
         sources = [CorpusSource(lang, path) for lang, path in self.out("data", "mlm").items()]
@@ -400,13 +401,6 @@ def validate_stage_settings(config: PipelineConfig) -> None:
         load_config(LongDocEvalConfig, None, list(config.longdoc_overrides))
     except ValueError as err:
         raise ValueError(f"longdoc_overrides: {err}") from None
-
-
-def _jsonl(path: str | Path):
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield json.loads(line)
 
 
 # ---- command line ---------------------------------------------------------------------------------------------

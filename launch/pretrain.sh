@@ -14,15 +14,20 @@ cd "$(dirname "$0")/.."
 
 CONFIG=${1:-configs/mlm_stage1.yaml}
 shift || true
+# the project's environment (make setup), not whatever `python` is first on PATH; PYTHON=... overrides
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
 DS_CONFIG=${DS_CONFIG:-launch/deepspeed/zero2.json}
-NUM_GPUS=${NUM_GPUS:-$(python -c "import torch; print(max(torch.cuda.device_count(), 1))")}
+NUM_GPUS=${NUM_GPUS:-$("$PYTHON" -c "import torch; print(max(torch.cuda.device_count(), 1))")}
 MASTER_PORT=${MASTER_PORT:-29500}
-PYTHON=${PYTHON:-python}
 TRAINER=${TRAINER:-encoder.train_mlm}
 
-LAUNCH=(deepspeed --master_port "$MASTER_PORT")
+# the launcher runs under $PYTHON and starts every worker (over pdsh on other nodes too) with that interpreter
+LAUNCH=("$PYTHON" -m deepspeed.launcher.runner --master_port "$MASTER_PORT")
 if [[ -n "${HOSTFILE:-}" ]]; then
-    LAUNCH+=(--hostfile "$HOSTFILE" ${MASTER_ADDR:+--master_addr "$MASTER_ADDR"})
+    # remote ranks start through pdsh (DeepSpeed's default multi-node launcher); LAUNCHER=openmpi|mvapich|slurm
+    LAUNCH+=(--hostfile "$HOSTFILE" ${MASTER_ADDR:+--master_addr "$MASTER_ADDR"} ${LAUNCHER:+--launcher "$LAUNCHER"})
 else
     LAUNCH+=(--num_gpus "$NUM_GPUS")
 fi

@@ -1,0 +1,55 @@
+"""`final/` directories (encoder.artifacts): sealed with a sha256 manifest, written atomically, verified on load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from data_prep.tokenizer import special_ids
+from encoder.artifacts import load_encoder_weights, load_final, save_final
+from encoder.checkpoint import CheckpointError
+from encoder.config import ModelConfig
+from encoder.heads import Reranker, TextRepresentationModel
+
+
+def _tiny_trm(tokenizer, seed: int = 0) -> tuple[TextRepresentationModel, ModelConfig, dict]:
+    special = special_ids(tokenizer)
+    torch.manual_seed(seed)
+    config = ModelConfig(vocab_size=special.padded_vocab_size, hidden_size=32, num_layers=1, num_heads=2,
+                         intermediate_size=64, max_position_embeddings=128, attention_backend="reference")
+    info = {"kind": "trm", "special_token_ids": list(special.all_special)}
+    return TextRepresentationModel(config, special.all_special), config, info
+
+
+def test_final_roundtrip_is_sealed(retrieval_assets, retrieval_tokenizer, tmp_path):
+    model, config, info = _tiny_trm(retrieval_tokenizer)
+    final = save_final(tmp_path / "final", model, config, retrieval_assets[1], info)
+    assert (final / "manifest.json").is_file() and not list(tmp_path.glob("*.tmp-*"))
+    loaded, tokenizer, loaded_info = load_final(final)
+    assert loaded_info == info and len(tokenizer) == len(retrieval_tokenizer)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[name]), name
+
+
+def test_damaged_final_is_refused_naming_the_file(retrieval_assets, retrieval_tokenizer, tmp_path):
+    model, config, info = _tiny_trm(retrieval_tokenizer)
+    final = save_final(tmp_path / "final", model, config, retrieval_assets[1], info)
+    data = bytearray((final / "model.pt").read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit: torch.load would still read changed weights
+    (final / "model.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"model\.pt: checksum mismatch"):
+        load_final(final)
+    with pytest.raises(CheckpointError, match=r"model\.pt: checksum mismatch"):
+        load_encoder_weights(Reranker(config), final)  # initialising another model from it is refused too
+
+
+def test_failed_save_keeps_the_previous_final(retrieval_assets, retrieval_tokenizer, tmp_path, monkeypatch):
+    old, config, info = _tiny_trm(retrieval_tokenizer, seed=0)
+    final = save_final(tmp_path / "final", old, config, retrieval_assets[1], info)
+    new, _, _ = _tiny_trm(retrieval_tokenizer, seed=1)
+    monkeypatch.setattr("encoder.artifacts.save_config", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        save_final(final, new, config, retrieval_assets[1], info)
+    assert not list(tmp_path.glob("*.tmp-*"))
+    loaded, _, _ = load_final(final)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in old.state_dict().items())
