@@ -1,7 +1,7 @@
 # Common commands. Each target sets up .venv (pinned) on first use.
 PY := .venv/bin/python
 
-.PHONY: setup test test-fast demo lint bench-kernels clean
+.PHONY: setup test test-fast demo lint bench-kernels gpu-check clean
 setup:
 	@bash scripts/setup_env.sh
 
@@ -16,6 +16,11 @@ demo: setup           ## the main job at toy scale on the embedded data
 
 lint: setup
 	$(PY) -m ruff check .
+
+# No setup: runs with the GPU image's own python3 (torch + triton). ~6 min on one H100, capped at 7.
+GPU_PYTHON ?= python3
+gpu-check:            ## GPU validation: make gpu-check OUT=runs/gpu-check (ARGS=--help: what it runs)
+	$(GPU_PYTHON) scripts/gpu_check.py $(or $(OUT),runs/gpu-check) $(ARGS)
 
 clean:
 	rm -rf runs/ .pytest_cache

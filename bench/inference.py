@@ -1,23 +1,26 @@
 """Encoding throughput and peak memory: our unpadded encoder against Hugging Face XLM-RoBERTa.
 
-Both models have the mGTE-base shape (12 x 768, vocab 250k), random weights, fp32, PyTorch SDPA
-attention, and encode the same texts (random token ids) in one run:
+Both models have the mGTE-base shape (12 x 768, vocab 250k), random weights, PyTorch SDPA attention for XLM-R
+(ours: its `attention_backend`, `auto` unless overridden), and encode the same texts (random token ids):
 
   (a) a realistic length mix: lengths log-uniform in [16, 8192];   (b) 512-token texts.
 
-Baselines: XLM-R on padded batches sorted by length (what sentence-transformers does) and XLM-R one text
-at a time (no padding). Ours: token-budget unpadded batches in fp32 and under bf16 autocast, with the
-cosine similarity of bf16 to fp32 CLS embeddings, and peak memory for one 8192-token text.
+Baselines: XLM-R on padded batches sorted by length (what sentence-transformers does) and XLM-R one text at a
+time (no padding). Ours: token-budget unpadded batches, in the run's precision (--precision: fp32, or bf16
+autocast for both models), plus the other precision of ours for the cosine similarity of bf16 to fp32 CLS
+embeddings, and the peak memory one 8192-token text adds.
 
-    python bench/inference.py [--quick] [--out runs/bench/inference.json]
+    python bench/inference.py [--quick] [--out runs/bench/inference.json]                 # CPU, fp32
+    python bench/inference.py --device cuda --precision bf16 [model.attention_backend=triton]   # a GPU
 
-Prints a table and writes JSON.
+On CUDA the whole workload runs once untimed first (Triton compiles and autotunes per length bucket), timings
+synchronise the device, and peak memory is the CUDA allocator's. Each row is printed and written to the JSON
+(--out) as soon as it is measured; a system that fails records its error.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import subprocess
@@ -29,7 +32,9 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from live_report import LiveReport, error_text  # noqa: E402
 
 from encoder.batch import UnpaddedBatch  # noqa: E402
 from encoder.config import ModelConfig, load_config  # noqa: E402
@@ -81,20 +86,27 @@ def token_budget_batches(lengths: list[int], budget: int) -> list[list[int]]:
     return batches
 
 
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 @torch.inference_mode()
 def encode_ours(model: Encoder, texts: list[torch.Tensor], budget: int, bf16: bool = False) -> torch.Tensor:
-    out = torch.empty(len(texts), model.config.hidden_size)
+    device = _device(model)
+    out = torch.empty(len(texts), model.config.hidden_size, device=device)
     for batch_ids in token_budget_batches([len(t) for t in texts], budget):
-        batch = UnpaddedBatch.from_packed(torch.cat([texts[i] for i in batch_ids]), [len(texts[i]) for i in batch_ids])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        ids = torch.cat([texts[i] for i in batch_ids]).to(device)
+        batch = UnpaddedBatch.from_packed(ids, [len(texts[i]) for i in batch_ids])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             cls = model.cls_states(batch)  # [B, H]
         out[batch_ids] = cls.float()
-    return out
+    return out.cpu()
 
 
 @torch.inference_mode()
-def encode_xlmr_padded(model, texts: list[torch.Tensor], batch_size: int) -> torch.Tensor:
-    out = torch.empty(len(texts), model.config.hidden_size)
+def encode_xlmr_padded(model, texts: list[torch.Tensor], batch_size: int, bf16: bool = False) -> torch.Tensor:
+    device = _device(model)
+    out = torch.empty(len(texts), model.config.hidden_size, device=device)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     for start in range(0, len(order), batch_size):
         ids_in_batch = order[start:start + batch_size]
@@ -104,19 +116,40 @@ def encode_xlmr_padded(model, texts: list[torch.Tensor], batch_size: int) -> tor
         for row, i in enumerate(ids_in_batch):
             input_ids[row, : len(texts[i])] = texts[i]
             mask[row, : len(texts[i])] = 1
-        out[ids_in_batch] = model(input_ids=input_ids, attention_mask=mask).last_hidden_state[:, 0]
-    return out
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            states = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        out[ids_in_batch] = states[:, 0].float()
+    return out.cpu()
 
 
 @torch.inference_mode()
-def encode_xlmr_single(model, texts: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack([model(input_ids=t[None]).last_hidden_state[0, 0] for t in texts])
+def encode_xlmr_single(model, texts: list[torch.Tensor], bf16: bool = False) -> torch.Tensor:
+    device = _device(model)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        return torch.stack([model(input_ids=t[None].to(device)).last_hidden_state[0, 0].float()
+                            for t in texts]).cpu()
 
 
 def timed(fn, *args, **kwargs) -> tuple[torch.Tensor, float]:
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
     start = time.perf_counter()
-    result = fn(*args, **kwargs)
+    result = fn(*args, **kwargs)  # returns host tensors: the device work is done
     return result, time.perf_counter() - start
+
+
+def peak_memory_cuda(which: str, model, length: int, vocab_size: int) -> float:
+    """Peak CUDA memory (MiB) that encoding one `length`-token text adds on top of the loaded model."""
+    text = make_texts([length], vocab_size, 0)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    if which == "ours":
+        encode_ours(model, text, length)
+    else:
+        encode_xlmr_single(model, text)
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
 def peak_memory_subprocess(which: str, args: argparse.Namespace) -> float:
@@ -148,48 +181,84 @@ def _rss_kib(field: str) -> int:
 
 
 def run_workload(name: str, texts: list[torch.Tensor], ours: Encoder, xlmr, budget: int, bf16_sample: int,
-                 padded_batch_size: int) -> list[dict]:
+                 padded_batch_size: int, precision: str, report: LiveReport) -> list[dict]:
+    """Rows: ours, XLM-R padded, XLM-R one at a time (all in `precision`), then ours in the other precision
+    (bf16 on CPU runs on the shortest `bf16_sample` texts) with the cosine of bf16 to fp32 embeddings."""
     tokens = sum(len(t) for t in texts)
+    bf16 = precision == "bf16"
     rows = []
+    embeddings = {}
 
-    def add(system: str, seconds: float, n_tokens: int, **extra) -> None:
-        rows.append({"workload": name, "system": system, "texts": len(texts), "tokens": n_tokens,
-                     "seconds": round(seconds, 3), "tokens_per_s": round(n_tokens / seconds, 1), **extra})
+    def measure(system: str, fn, *args, n_tokens: int = tokens, key: str | None = None, **kwargs) -> None:
+        row = {"workload": name, "system": system, "texts": len(texts), "tokens": n_tokens}
+        try:
+            result, seconds = timed(fn, *args, **kwargs)
+            row.update(seconds=round(seconds, 3), tokens_per_s=round(n_tokens / seconds, 1))
+            if key:
+                embeddings[key] = result
+        except Exception as err:  # noqa: BLE001  (recorded; the other systems still run)
+            row["error"] = error_text(err)
+        rows.append(row)
+        report.add("rows", row)
+        print(row_line(row), flush=True)
 
-    encode_ours(ours, texts[:1], budget)  # warm-up
-    emb_fp32, seconds = timed(encode_ours, ours, texts, budget)
-    add(f"ours fp32 (unpadded, token budget {budget})", seconds, tokens)
-    _, seconds = timed(encode_xlmr_padded, xlmr, texts, padded_batch_size)
-    add(f"XLM-R fp32, sorted padded batches of {padded_batch_size}", seconds, tokens)
-    _, seconds = timed(encode_xlmr_single, xlmr, texts)
-    add("XLM-R fp32, one text at a time", seconds, tokens)
-    # bf16: on CPUs without native bf16 (no AVX512-BF16/AMX) it is emulated and very slow, so it runs on
-    # the shortest `bf16_sample` texts; its cosine similarity is taken against fp32 on the same texts.
-    sample = sorted(range(len(texts)), key=lambda i: len(texts[i]))[:bf16_sample]
+    if torch.cuda.is_available():  # Triton compiles and autotunes per length bucket: all of it before timing
+        encode_ours(ours, texts, budget, bf16=bf16)
+    else:
+        encode_ours(ours, texts[:1], budget, bf16=bf16)  # warm-up
+    measure(f"ours {precision} (unpadded, token budget {budget})", encode_ours, ours, texts, budget, bf16=bf16,
+            key=precision)
+    measure(f"XLM-R {precision}, sorted padded batches of {padded_batch_size}", encode_xlmr_padded, xlmr, texts,
+            padded_batch_size, bf16=bf16)
+    measure(f"XLM-R {precision}, one text at a time", encode_xlmr_single, xlmr, texts, bf16=bf16)
+    # the other precision of ours, for the cosine of bf16 to fp32. bf16 on CPUs without native bf16 (no
+    # AVX512-BF16/AMX) is emulated and very slow, so there it runs on the shortest `bf16_sample` texts.
+    other = "fp32" if bf16 else "bf16"
+    sample = sorted(range(len(texts)), key=lambda i: len(texts[i]))[:bf16_sample] if other == "bf16" else \
+        list(range(len(texts)))
     sample_texts = [texts[i] for i in sample]
-    emb_bf16, seconds = timed(encode_ours, ours, sample_texts, budget, bf16=True)
-    cosine = F.cosine_similarity(emb_bf16, emb_fp32[sample], dim=-1)
-    add("ours bf16 autocast" + ("" if len(sample) == len(texts) else f" ({len(sample)} shortest texts)"),
-        seconds, sum(len(t) for t in sample_texts), bf16_cosine_min=round(cosine.min().item(), 6),
-        bf16_cosine_mean=round(cosine.mean().item(), 6))
+    label = f"ours {other} autocast" if other == "bf16" else f"ours {other}"
+    measure(label + ("" if len(sample) == len(texts) else f" ({len(sample)} shortest texts)"), encode_ours, ours,
+            sample_texts, budget, bf16=other == "bf16", n_tokens=sum(len(t) for t in sample_texts), key=other)
+    if "bf16" in embeddings and "fp32" in embeddings:
+        reference = embeddings["fp32"] if bf16 else embeddings["fp32"][sample]
+        cosine = F.cosine_similarity(embeddings["bf16"], reference, dim=-1)
+        bf16_row = rows[0] if bf16 else rows[-1]
+        bf16_row.update(bf16_cosine_min=round(cosine.min().item(), 6), bf16_cosine_mean=round(cosine.mean().item(), 6))
+        report.write()
+        print(f"{name}: cos(bf16, fp32) of ours: min {cosine.min().item():.5f} mean {cosine.mean().item():.5f}",
+              flush=True)
     return rows
+
+
+HEADER = f"{'workload':<22} {'system':<46} {'texts':>5} {'tokens':>8} {'s':>8} {'tok/s':>9}"
+
+
+def row_line(r: dict) -> str:
+    lead = f"{r['workload']:<22} {r['system']:<46} {r['texts']:>5} {r['tokens']:>8}"
+    if "error" in r:
+        return f"{lead} {r['error']}"
+    return f"{lead} {r['seconds']:>8.2f} {r['tokens_per_s']:>9.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "configs/base.yaml"))
     parser.add_argument("overrides", nargs="*", help="model overrides, e.g. model.num_layers=2")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="of both models' timed runs (bf16: autocast); ours also runs in the other one")
     parser.add_argument("--texts", type=int, default=24, help="texts in the length mix")
     parser.add_argument("--max-length", type=int, default=8192)
     parser.add_argument("--short-texts", type=int, default=16, help="512-token texts")
     parser.add_argument("--budget", type=int, default=16384, help="tokens per unpadded batch")
     parser.add_argument("--padded-batch-size", type=int, default=8)
-    parser.add_argument("--bf16-sample", type=int, default=None, help="texts encoded under bf16 (default: all "
-                        "where the CPU has native bf16, else the 8 shortest)")
+    parser.add_argument("--bf16-sample", type=int, default=None, help="texts encoded under bf16 on CPU (default: "
+                        "all where the CPU has native bf16, else the 8 shortest)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="small run: 6 texts up to 2048 tokens")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--out", default=str(ROOT / "runs/bench/inference.json"))
     parser.add_argument("--memory-probe", choices=("ours", "xlmr"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -197,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         args.texts, args.max_length, args.short_texts = 6, 2048, 4
     if args.threads:
         torch.set_num_threads(args.threads)
-    native_bf16 = any(flag in torch.backends.cpu.get_cpu_capability() for flag in ("AVX512", "AMX"))
+    device = torch.device(args.device)
+    native_bf16 = device.type == "cuda" or any(flag in torch.backends.cpu.get_cpu_capability()
+                                               for flag in ("AVX512", "AMX"))
     bf16_sample = args.bf16_sample if args.bf16_sample is not None else (10**9 if native_bf16 else 8)
 
     config = load_config(ModelConfig, args.config, args.overrides, section="model")
@@ -206,48 +277,53 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_probe:
         memory_probe(args.memory_probe, config, args.max_length)
         return 0
-    ours, xlmr = build_ours(config), build_xlmr(config)
+    ours, xlmr = build_ours(config).to(device), build_xlmr(config).to(device)
+    if device.type == "cuda":
+        machine = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__}
+    else:
+        machine = {"platform": platform.platform(), "threads": torch.get_num_threads(),
+                   "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
+    attention = ours.resolved_attention_backend(device)
+    report = LiveReport(args.out, {"config": vars(args), "machine": machine, "ours_attention": attention},
+                        sections=("rows",))
+    print(f"Encoding throughput, {config.num_layers}x{config.hidden_size} vocab {config.vocab_size}, {machine}, "
+          f"precision {args.precision}, ours with {attention} attention; rows -> {args.out}")
+    print(HEADER)
+    print("-" * len(HEADER), flush=True)
     mix = make_texts(length_mix(args.texts, 16, args.max_length, args.seed), config.vocab_size, args.seed)
     short = make_texts([512] * args.short_texts, config.vocab_size, args.seed + 7)
 
     rows = []
     for name, texts in ((f"length mix 16..{args.max_length}", mix), ("512-token texts", short)):
-        rows += run_workload(name, texts, ours, xlmr, args.budget, bf16_sample, args.padded_batch_size)
-        print(f"[bench] {name}: done", file=sys.stderr)
+        rows += run_workload(name, texts, ours, xlmr, args.budget, bf16_sample, args.padded_batch_size,
+                             args.precision, report)
 
-    memory = {}
-    if not args.no_memory:
-        for which in ("ours", "xlmr"):
-            memory[which] = round(peak_memory_subprocess(which, args), 1)
-
-    print(f"\nEncoding throughput, {config.num_layers}x{config.hidden_size} vocab {config.vocab_size}, "
-          f"CPU ({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()})")
-    header = f"{'workload':<22} {'system':<46} {'texts':>5} {'tokens':>8} {'s':>8} {'tok/s':>9}  notes"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        note = f"cos(bf16,fp32) min {r['bf16_cosine_min']:.5f}" if "bf16_cosine_min" in r else ""
-        print(f"{r['workload']:<22} {r['system']:<46} {r['texts']:>5} {r['tokens']:>8} {r['seconds']:>8.2f} "
-              f"{r['tokens_per_s']:>9.1f}  {note}")
     speedups = {}
-    for workload in {r["workload"] for r in rows}:
-        ours_row = next(r for r in rows if r["workload"] == workload and r["system"].startswith("ours fp32"))
+    ours_prefix = f"ours {args.precision} "
+    for workload in dict.fromkeys(r["workload"] for r in rows):
+        ours_row = next(r for r in rows if r["workload"] == workload and r["system"].startswith(ours_prefix))
         for r in rows:
-            if r["workload"] == workload and r["system"].startswith("XLM-R"):
-                speedups[f"{workload} | ours fp32 vs {r['system']}"] = round(
+            measured = "error" not in r and "error" not in ours_row
+            if r["workload"] == workload and r["system"].startswith("XLM-R") and measured:
+                speedups[f"{workload} | {ours_row['system'].split(' (')[0]} vs {r['system']}"] = round(
                     ours_row["tokens_per_s"] / r["tokens_per_s"], 2)
     print()
     for key, value in speedups.items():
         print(f"speed-up {key}: {value:.2f}x")
-    if memory:
-        print(f"peak memory added by one {args.max_length}-token text: ours {memory['ours']:.0f} MiB, "
-              f"XLM-R (SDPA) {memory['xlmr']:.0f} MiB")
-    result = {"config": vars(args), "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
-                                                 "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                                                 "torch": torch.__version__},
-              "rows": rows, "speedups": speedups, "peak_memory_mib": memory}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    report.data["speedups"] = speedups
+    report.write()
+
+    memory = {}
+    if not args.no_memory:
+        for which, model in (("ours", ours), ("xlmr", xlmr)):
+            try:
+                memory[which] = round(peak_memory_cuda(which, model, args.max_length, config.vocab_size)
+                                      if device.type == "cuda" else peak_memory_subprocess(which, args), 1)
+            except Exception as err:  # noqa: BLE001  (e.g. out of memory: recorded)
+                memory[which] = error_text(err)
+        print(f"peak memory added by one {args.max_length}-token text (MiB): ours {memory['ours']}, "
+              f"XLM-R (SDPA) {memory['xlmr']}")
+    report.finish(peak_memory_mib=memory)
     print(f"wrote {args.out}")
     return 0
 

@@ -8,14 +8,14 @@ log-uniform in [16, max_length] (seeded) and packed up to a token budget; 30% of
 The padded baseline pads the same sequences to [B, L] and runs the same modules with SDPA attention under a
 key-padding mask over [B, heads, L, d], so the work spent on padding shows. Model FLOPs count only real
 tokens (3 x forward: linear layers 2·params·T, attention 4·H·Σlen² per layer, the MLM head on masked
-tokens); MFU divides achieved model FLOP/s by a peak (--peak-tflops, or a measured large matmul on CPU).
-Prints a table and writes JSON (--out).
+tokens); MFU divides achieved model FLOP/s by a peak (--peak-tflops; default the datasheet dense bf16 figure on
+an H100/H200/A100, else a measured large matmul). Each row is printed and written to the JSON (--out) as soon as
+it is measured; a mode that fails (the padded batch of an 8192 mix may not fit) records its error.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -25,7 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+from live_report import LiveReport, error_text  # noqa: E402
 
 from encoder.batch import IGNORE_INDEX, UnpaddedBatch  # noqa: E402
 from encoder.config import ModelConfig, load_config  # noqa: E402
@@ -57,18 +59,18 @@ def make_batch(lengths: list[int], vocab: int, seed: int) -> UnpaddedBatch:
 
 def padded_forward(model: MaskedLM, batch: UnpaddedBatch) -> torch.Tensor:
     """The same weights on padded [B, L] tensors with masked SDPA; returns the MLM loss."""
-    encoder, lengths = model.encoder, batch.lengths
+    encoder, lengths, device = model.encoder, batch.lengths, batch.input_ids.device
     b, length = len(lengths), max(lengths)
-    mask = torch.arange(length)[None, :] < torch.tensor(lengths)[:, None]  # [B, L]
-    ids = torch.full((b, length), encoder.config.pad_token_id, dtype=torch.long)
-    labels = torch.full((b, length), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.arange(length, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]  # [B, L]
+    ids = torch.full((b, length), encoder.config.pad_token_id, dtype=torch.long, device=device)
+    labels = torch.full((b, length), IGNORE_INDEX, dtype=torch.long, device=device)
     ids[mask], labels[mask] = batch.input_ids, batch.labels
     emb = encoder.embeddings
     hidden = emb.word_embeddings(ids)  # [B, L, H]
     if emb.token_type_embeddings is not None:
         hidden = hidden + emb.token_type_embeddings.weight[0]
     hidden = emb.dropout(emb.norm(hidden))
-    positions = torch.arange(length).repeat(b)  # [B*L]
+    positions = torch.arange(length, device=device).repeat(b)  # [B*L]
     key_mask = mask[:, None, None, :]  # [B, 1, 1, L]: padded keys get no weight
     for layer in encoder.layers:
         attn = layer.attn
@@ -98,14 +100,36 @@ def model_flops(config: ModelConfig, lengths: list[int], num_masked: int) -> flo
     return 3 * (2 * linear * t + attention + 2 * head)
 
 
-def measured_peak_tflops(device: torch.device) -> float:
-    a = torch.randn(2048, 2048, device=device)
+# dense bf16 tensor-core peaks from the datasheets (SXM parts), TFLOP/s
+DATASHEET_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
+
+
+def measured_peak_tflops(device: torch.device, dtype: torch.dtype = torch.float32) -> float:
+    """A large matmul's rate: 8192^3 on CUDA (synchronised: kernels run asynchronously), 2048^3 on CPU."""
+    size = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(size, size, device=device).to(dtype)
     for _ in range(2):
         a @ a
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     start, reps = time.perf_counter(), 5
     for _ in range(reps):
         a @ a
-    return 2 * 2048**3 * reps / (time.perf_counter() - start) / 1e12
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * size**3 * reps / (time.perf_counter() - start) / 1e12
+
+
+def default_peak(device: torch.device, precision: str) -> tuple[float, str]:
+    """(peak TFLOP/s for MFU, where it comes from): the datasheet bf16 figure of a known GPU, else measured."""
+    if device.type == "cuda" and precision == "bf16":
+        name = torch.cuda.get_device_name(device)
+        for key, tflops in DATASHEET_BF16_TFLOPS.items():
+            if key in name:
+                return tflops, f"{key} datasheet, dense bf16"
+    dtype = torch.bfloat16 if precision == "bf16" and device.type == "cuda" else torch.float32
+    size = 8192 if device.type == "cuda" else 2048
+    return measured_peak_tflops(device, dtype), f"measured {size}^3 {str(dtype).removeprefix('torch.')} matmul"
 
 
 def time_steps(step, repeats: int) -> float:
@@ -118,8 +142,23 @@ def time_steps(step, repeats: int) -> float:
     return float(np.median(times))
 
 
+HEADER = (f"{'shape':<6}{'mode':<10}{'attention':<10}{'seqs':>5}{'tokens':>8}{'computed':>10}{'step ms':>10}"
+          f"{'tok/s':>10}{'TFLOP/s':>9}{'MFU':>7}")
+
+
+def row_line(r: dict) -> str:
+    lead = f"{r['shape']:<6}{r['mode']:<10}{r.get('attention', ''):<10}"
+    if "error" in r:
+        return f"{lead} {r['error']}"
+    return (f"{lead}{r['sequences']:>5}{r['tokens']:>8}{r['computed_tokens']:>10}{r['step_ms']:>10.1f}"
+            f"{r['tokens_per_s']:>10.0f}{r['model_tflops']:>9.4f}{r['mfu']:>7.1%}")
+
+
 def bench_shape(name: str, config: ModelConfig, max_length: int, tokens: int, repeats: int, seed: int,
-                precision: str, device: torch.device, peak: float, optimizer_step: bool = True) -> list[dict]:
+                precision: str, device: torch.device, peak: float, report: LiveReport,
+                optimizer_step: bool = True) -> None:
+    """Time the unpadded step, then the padded one, each row reported as soon as it is measured; a mode that
+    fails (out of memory: the padded batch of a long mix is several times the tokens) records its error."""
     config.max_position_embeddings = max(config.max_position_embeddings, max_length)
     torch.manual_seed(seed)
     model = MaskedLM(config).to(device)
@@ -142,20 +181,35 @@ def bench_shape(name: str, config: ModelConfig, max_length: int, tokens: int, re
                 torch.cuda.synchronize()
         return step
 
-    rows = []
     padded_tokens = len(lengths) * max(lengths)
+    step_ms = {}
     for mode, loss_fn in (("unpadded", lambda: model(batch).loss), ("padded", lambda: padded_forward(model, batch))):
-        seconds = time_steps(run(loss_fn), repeats)
-        rows.append({"shape": name, "mode": mode, "sequences": len(lengths), "tokens": sum(lengths),
-                     "computed_tokens": sum(lengths) if mode == "unpadded" else padded_tokens,
-                     "max_length": max_length, "step_ms": seconds * 1e3, "tokens_per_s": sum(lengths) / seconds,
-                     "model_tflops": flops / seconds / 1e12, "mfu": flops / seconds / 1e12 / peak})
-    rows[0]["speedup_vs_padded"] = rows[1]["step_ms"] / rows[0]["step_ms"]
-    return rows
+        # the padded path calls SDPA itself; the unpadded one goes through the registry
+        attention = model.encoder.resolved_attention_backend(device) if mode == "unpadded" else "sdpa+mask"
+        row = {"shape": name, "mode": mode, "attention": attention, "sequences": len(lengths),
+               "tokens": sum(lengths), "computed_tokens": sum(lengths) if mode == "unpadded" else padded_tokens,
+               "max_length": max_length}
+        try:
+            seconds = time_steps(run(loss_fn), repeats)
+            step_ms[mode] = seconds * 1e3
+            row.update(step_ms=seconds * 1e3, tokens_per_s=sum(lengths) / seconds,
+                       model_tflops=flops / seconds / 1e12, mfu=flops / seconds / 1e12 / peak)
+        except Exception as err:  # noqa: BLE001  (recorded; the next mode still runs)
+            row["error"] = error_text(err)
+            optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        report.add("rows", row)
+        print(row_line(row), flush=True)
+    if len(step_ms) == 2:
+        speedup = step_ms["padded"] / step_ms["unpadded"]
+        report.add("speedups", {"shape": name, "unpadded_vs_padded": speedup})
+        print(f"{name}: speed-up of unpadded over padded (step time ratio): {speedup:.2f}x", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="model config overrides, e.g. model.attention_backend=triton")
     parser.add_argument("--shapes", nargs="+", default=["tiny", "base"], choices=["tiny", "base"])
     parser.add_argument("--quick", action="store_true",
                         help="CPU sizes: few tokens, base at max length 128, fp32, forward+backward only (the AdamW "
@@ -165,37 +219,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="device peak (e.g. 989 for H100 bf16 dense)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="device peak for MFU (default: the datasheet dense bf16 figure of an H100/H200/A100, "
+                        "else a measured large matmul)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench/training.json")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    peak = args.peak_tflops or measured_peak_tflops(device)
     sizes = {"tiny": (512, 2048), "base": (128, 1024)} if args.quick else {}
     repeats = 1 if args.quick else args.repeats
     precision = "fp32" if args.quick and device.type == "cpu" else args.precision
-    rows = []
+    peak, peak_source = (args.peak_tflops, "given") if args.peak_tflops else default_peak(device, precision)
+    report = LiveReport(args.out, {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
+                                   else str(device), "precision": precision, "peak_tflops": peak,
+                                   "peak_source": peak_source, "quick": args.quick,
+                                   "optimizer_step": not args.quick, "overrides": args.overrides},
+                        sections=("rows", "speedups"))
+    print(f"device={device} precision={precision} optimizer_step={not args.quick} peak={peak:.3f} TFLOP/s "
+          f"({peak_source}); rows -> {args.out}")
+    print(HEADER, flush=True)
     for shape in args.shapes:
-        config = load_config(ModelConfig, ROOT / "configs" / f"{shape}.yaml", section="model")
+        config = load_config(ModelConfig, ROOT / "configs" / f"{shape}.yaml", args.overrides, section="model")
         config.hidden_dropout = 0.0
         max_length, tokens = sizes.get(shape, (args.max_length, args.tokens))
-        rows += bench_shape(shape, config, max_length, tokens, repeats, args.seed, precision, device, peak,
-                            optimizer_step=not args.quick)
-    header = f"{'shape':<6}{'mode':<10}{'seqs':>5}{'tokens':>8}{'computed':>10}{'step ms':>10}{'tok/s':>10}" \
-             f"{'TFLOP/s':>9}{'MFU':>7}{'speedup':>9}"
-    print(f"device={device} precision={precision} optimizer_step={not args.quick} peak={peak:.3f} TFLOP/s "
-          f"({'given' if args.peak_tflops else 'measured 2048^3 matmul'})")
-    print(header)
-    for r in rows:
-        speed = f"{r['speedup_vs_padded']:.2f}x" if "speedup_vs_padded" in r else ""
-        print(f"{r['shape']:<6}{r['mode']:<10}{r['sequences']:>5}{r['tokens']:>8}{r['computed_tokens']:>10}"
-              f"{r['step_ms']:>10.1f}{r['tokens_per_s']:>10.0f}{r['model_tflops']:>9.4f}{r['mfu']:>7.1%}{speed:>9}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"device": str(device), "precision": precision, "peak_tflops": peak, "quick": args.quick,
-              "optimizer_step": not args.quick, "rows": rows}
-    out.write_text(json.dumps(report, indent=1), encoding="utf-8")
-    print(f"wrote {out}")
+        bench_shape(shape, config, max_length, tokens, repeats, args.seed, precision, device, peak, report,
+                    optimizer_step=not args.quick)
+    report.finish()
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -37,3 +37,12 @@ def pytest_collection_modifyitems(config, items):
         params = getattr(getattr(item, "callspec", None), "params", {})
         if here in Path(item.path).parents and "dtype" in params and "head_dim" in params:
             item.add_marker(pytest.mark.xdist_group(f"{params['dtype']}-{params['head_dim']}"))
+
+
+@pytest.fixture(autouse=True)
+def release_cuda_memory():
+    """Hand cached blocks back after each case: parallel workers (pytest-xdist on one GPU) each peak near 10 GB
+    at the 8192-token float64 reference, and a worker's cache would otherwise keep its peak for the whole run."""
+    yield
+    if HAS_CUDA:
+        torch.cuda.empty_cache()

@@ -12,6 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+
+# the bench's CPU path (--quick through the interpreter); on a GPU `make gpu-check` runs the bench itself
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the CPU --quick path of bench/kernels.py")
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench" / "kernels.py"
