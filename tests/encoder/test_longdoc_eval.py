@@ -12,8 +12,11 @@ same whole and truncated, and fails both.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from longdoc_helpers import ROOT
+
+ROOT = Path(__file__).resolve().parents[2]
 
 STEPS = 40
 
@@ -24,7 +27,7 @@ def _train(assets, long_pairs, tmp, use_long: bool):
     from encoder.config import load_config
     from encoder.train_contrastive import TRMRunConfig, train
 
-    data, _, tokenizer_dir = assets
+    data, tokenizer_dir = assets.data, assets.tokenizer_dir
     overrides = [f"model.vocab_size={special_ids(load_tokenizer(tokenizer_dir)).padded_vocab_size}",
                  f"data.pairs={data.pairs}", f"data.tokenizer={tokenizer_dir}", f"data.long_pairs={long_pairs}",
                  f"data.use_long_pairs={use_long}", f"checkpoint.dir={tmp / ('long' if use_long else 'short')}",
@@ -37,21 +40,21 @@ def _train(assets, long_pairs, tmp, use_long: bool):
 
 
 @pytest.fixture(scope="module")
-def trained(longdoc_assets, longdoc_tokenizer, tmp_path_factory):
+def trained(tiny_assets, tiny_tokenizer, tmp_path_factory):
     """{"long": rows, "short": rows} of the needle evaluation of both runs."""
     from data_prep.longdoc import build_longdoc_sets, long_training_pairs
     from data_prep.pairs import write_pairs
     from encoder.longdoc_eval import run_longdoc_eval
 
     tmp = tmp_path_factory.mktemp("longdoc_train")
-    units = longdoc_assets[1]
-    write_pairs(long_training_pairs(units, longdoc_tokenizer, lengths=(1024,), docs_per_length=48, num_negatives=1,
+    units = tiny_assets.units
+    write_pairs(long_training_pairs(units, tiny_tokenizer, lengths=(1024,), docs_per_length=48, num_negatives=1,
                                     query_mode="same"), tmp / "long.jsonl")
-    sets = build_longdoc_sets(units, longdoc_tokenizer, lengths=(1024, 2048), query_mode="same")
+    sets = build_longdoc_sets(units, tiny_tokenizer, lengths=(1024, 2048), query_mode="same")
     out = {}
     for use_long in (True, False):
-        model = _train(longdoc_assets, tmp / "long.jsonl", tmp, use_long)
-        result = run_longdoc_eval(list(sets.values()), longdoc_tokenizer, model, None, 0.1, 0, tmp / str(use_long),
+        model = _train(tiny_assets, tmp / "long.jsonl", tmp, use_long)
+        result = run_longdoc_eval(list(sets.values()), tiny_tokenizer, model, None, 0.1, 0, tmp / str(use_long),
                                   progress=lambda _: None)
         assert (tmp / str(use_long) / "longdoc_heatmap.png").stat().st_size > 0
         out["long" if use_long else "short"] = result["rows"]

@@ -21,19 +21,19 @@ def _tiny_trm(tokenizer, seed: int = 0) -> tuple[TextRepresentationModel, ModelC
     return TextRepresentationModel(config, special.all_special), config, info
 
 
-def test_final_roundtrip_is_sealed(retrieval_assets, retrieval_tokenizer, tmp_path):
-    model, config, info = _tiny_trm(retrieval_tokenizer)
-    final = save_final(tmp_path / "final", model, config, retrieval_assets[1], info)
+def test_final_roundtrip_is_sealed(tiny_assets, tiny_tokenizer, tmp_path):
+    model, config, info = _tiny_trm(tiny_tokenizer)
+    final = save_final(tmp_path / "final", model, config, tiny_assets.tokenizer_dir, info)
     assert (final / "manifest.json").is_file() and not list(tmp_path.glob("*.tmp-*"))
     loaded, tokenizer, loaded_info = load_final(final)
-    assert loaded_info == info and len(tokenizer) == len(retrieval_tokenizer)
+    assert loaded_info == info and len(tokenizer) == len(tiny_tokenizer)
     for name, value in model.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[name]), name
 
 
-def test_damaged_final_is_refused_naming_the_file(retrieval_assets, retrieval_tokenizer, tmp_path):
-    model, config, info = _tiny_trm(retrieval_tokenizer)
-    final = save_final(tmp_path / "final", model, config, retrieval_assets[1], info)
+def test_damaged_final_is_refused_naming_the_file(tiny_assets, tiny_tokenizer, tmp_path):
+    model, config, info = _tiny_trm(tiny_tokenizer)
+    final = save_final(tmp_path / "final", model, config, tiny_assets.tokenizer_dir, info)
     data = bytearray((final / "model.pt").read_bytes())
     data[len(data) // 2] ^= 0x01  # one flipped bit: torch.load would still read changed weights
     (final / "model.pt").write_bytes(bytes(data))
@@ -43,13 +43,13 @@ def test_damaged_final_is_refused_naming_the_file(retrieval_assets, retrieval_to
         load_encoder_weights(Reranker(config), final)  # initialising another model from it is refused too
 
 
-def test_failed_save_keeps_the_previous_final(retrieval_assets, retrieval_tokenizer, tmp_path, monkeypatch):
-    old, config, info = _tiny_trm(retrieval_tokenizer, seed=0)
-    final = save_final(tmp_path / "final", old, config, retrieval_assets[1], info)
-    new, _, _ = _tiny_trm(retrieval_tokenizer, seed=1)
+def test_failed_save_keeps_the_previous_final(tiny_assets, tiny_tokenizer, tmp_path, monkeypatch):
+    old, config, info = _tiny_trm(tiny_tokenizer, seed=0)
+    final = save_final(tmp_path / "final", old, config, tiny_assets.tokenizer_dir, info)
+    new, _, _ = _tiny_trm(tiny_tokenizer, seed=1)
     monkeypatch.setattr("encoder.artifacts.save_config", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):
-        save_final(final, new, config, retrieval_assets[1], info)
+        save_final(final, new, config, tiny_assets.tokenizer_dir, info)
     assert not list(tmp_path.glob("*.tmp-*"))
     loaded, _, _ = load_final(final)
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in old.state_dict().items())

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from retrieval_helpers import CONFIGS
 
 from data_prep.beir import read_beir
 from data_prep.tokenizer import special_ids
@@ -28,6 +27,8 @@ from encoder.train_contrastive import train as train_trm
 from encoder.train_reranker import RerankerRunConfig
 from encoder.train_reranker import train as train_reranker
 
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
 pytestmark = pytest.mark.slow  # minutes on 2 CPU cores; `make test-fast` skips it
 
 TRM_STEPS = 300
@@ -35,7 +36,7 @@ RERANKER_STEPS = 40
 
 
 def _common(assets, out: Path, name: str) -> list[str]:
-    data, tokenizer_dir = assets
+    data, tokenizer_dir = assets.data, assets.tokenizer_dir
     from data_prep.tokenizer import load_tokenizer
 
     vocab = special_ids(load_tokenizer(tokenizer_dir)).padded_vocab_size
@@ -44,14 +45,14 @@ def _common(assets, out: Path, name: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def pipeline(retrieval_assets, tmp_path_factory):
+def pipeline(tiny_assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline")
-    data, _ = retrieval_assets
-    trm_config = load_config(TRMRunConfig, CONFIGS / "tiny_trm_ft.yaml", _common(retrieval_assets, out, "trm") + [
+    data = tiny_assets.data
+    trm_config = load_config(TRMRunConfig, CONFIGS / "tiny_trm_ft.yaml", _common(tiny_assets, out, "trm") + [
         f"train.max_steps={TRM_STEPS}", "data.max_query_length=48", "data.max_doc_length=96",
         "data.num_hard_negatives=1", "data.grad_cache=false", "checkpoint.every=1000"])
     trm_summary = train_trm(trm_config)
-    rr_config = load_config(RerankerRunConfig, CONFIGS / "tiny_reranker.yaml", _common(retrieval_assets, out, "rr") + [
+    rr_config = load_config(RerankerRunConfig, CONFIGS / "tiny_reranker.yaml", _common(tiny_assets, out, "rr") + [
         f"train.max_steps={RERANKER_STEPS}", f"train.init_from={trm_summary['final']}",
         f"data.negatives_from={trm_summary['final']}", "data.max_length=128", "data.batch_size=8",
         "data.num_hard_negatives=2", "data.num_random_negatives=1", "data.grad_cache=false",
@@ -118,8 +119,8 @@ def test_outputs_written(pipeline):
     assert set(saved["matryoshka_ndcg@10"]["trained"]) == {"32", "64", "96", "128"}
 
 
-def test_evaluate_cli(pipeline, retrieval_assets, tmp_path, capsys):
-    data, _ = retrieval_assets
+def test_evaluate_cli(pipeline, tiny_assets, tmp_path, capsys):
+    data = tiny_assets.data
     code = evaluate_main(["--beir", str(data.beir), "--trm", pipeline["trm"]["final"], "--no-bm25",
                           "--out", str(tmp_path)])
     assert code == 0
@@ -127,9 +128,9 @@ def test_evaluate_cli(pipeline, retrieval_assets, tmp_path, capsys):
     assert (tmp_path / "results.json").is_file()
 
 
-def test_trm_loads_encoder_from_an_mlm_checkpoint_with_fresh_heads(retrieval_assets, tmp_path):
+def test_trm_loads_encoder_from_an_mlm_checkpoint_with_fresh_heads(tiny_assets, tmp_path):
     """The MLM trainer's checkpoint layout (CheckpointManager, model.pt of a MaskedLM) -> TRM encoder."""
-    overrides = _common(retrieval_assets, tmp_path, "trm") + ["train.revntk_factor=8"]
+    overrides = _common(tiny_assets, tmp_path, "trm") + ["train.revntk_factor=8"]
     config = load_config(TRMRunConfig, CONFIGS / "tiny_trm_cpt.yaml", overrides)
     torch.manual_seed(1)
     mlm = MaskedLM(ModelConfig(**{**config.model.__dict__}))
@@ -137,7 +138,7 @@ def test_trm_loads_encoder_from_an_mlm_checkpoint_with_fresh_heads(retrieval_ass
     config.train.init_from = str(tmp_path / "mlm")
     from data_prep.tokenizer import load_tokenizer
 
-    trm = build_trm(config, load_tokenizer(retrieval_assets[1]))
+    trm = build_trm(config, load_tokenizer(tiny_assets.tokenizer_dir))
     for name, value in mlm.encoder.state_dict().items():
         assert torch.equal(trm.encoder.state_dict()[name], value), name
     # revNTK: training runs at θ/8; the run config itself keeps θ (a resume must not divide twice)
@@ -145,11 +146,11 @@ def test_trm_loads_encoder_from_an_mlm_checkpoint_with_fresh_heads(retrieval_ass
     assert config.model.rope_theta == 160000.0
     with pytest.raises(RuntimeError):  # a checkpoint of another shape is refused, naming the key
         config.model.hidden_size, config.model.intermediate_size = 64, 128
-        build_trm(config, load_tokenizer(retrieval_assets[1]))
+        build_trm(config, load_tokenizer(tiny_assets.tokenizer_dir))
 
 
-def test_revntk_is_saved_for_inference(retrieval_assets, tmp_path):
-    overrides = _common(retrieval_assets, tmp_path, "trm") + ["train.revntk_factor=8", "train.max_steps=2",
+def test_revntk_is_saved_for_inference(tiny_assets, tmp_path):
+    overrides = _common(tiny_assets, tmp_path, "trm") + ["train.revntk_factor=8", "train.max_steps=2",
                                                               "data.batch_size=4", "data.max_doc_length=32"]
     summary = train_trm(load_config(TRMRunConfig, CONFIGS / "tiny_trm_cpt.yaml", overrides))
     final = Path(summary["final"])

@@ -101,19 +101,19 @@ def test_row_mask_restricts_only_its_output_to_the_kept_queries():
     assert none.parts["sparse"].item() == 0.0
 
 
-def test_pair_batches_flag_queries_without_a_shared_token(retrieval_tokenizer):
+def test_pair_batches_flag_queries_without_a_shared_token(tiny_tokenizer):
     from data_prep.pairs import PairRecord
     from encoder.pair_batching import PairBatches, PairDataConfig
 
     records = [PairRecord("Delete %(name)s", "Supprimer %(name)s"), PairRecord("Heute", "今日")]
-    batches = PairBatches(records, retrieval_tokenizer, PairDataConfig(batch_size=2, group_by="none"), seed=0)
+    batches = PairBatches(records, tiny_tokenizer, PairDataConfig(batch_size=2, group_by="none"), seed=0)
     flags = dict(zip((records[i].query for i in range(2)), batches.lexical.tolist()))
     assert flags == {"Delete %(name)s": True, "Heute": False}
     batch = batches.batch(0)
     assert batch.lexical_overlap.dtype == torch.bool and len(batch.lexical_overlap) == 2
 
 
-def test_linked_positives_are_masked_in_batch_and_never_drawn_as_negatives(retrieval_tokenizer):
+def test_linked_positives_are_masked_in_batch_and_never_drawn_as_negatives(tiny_tokenizer):
     """Two records of one translation unit (de->en, fr->ko: linked through en<->ko) must not be each other's
     in-batch negative, nor each other's random negative in the reranker's groups."""
     from data_prep.pairs import PairRecord
@@ -123,7 +123,7 @@ def test_linked_positives_are_masked_in_batch_and_never_drawn_as_negatives(retri
 
     records = [PairRecord("Löschen", "Delete"), PairRecord("Supprimer", "삭제"), PairRecord("Delete", "삭제"),
                PairRecord("Heute", "Today")]
-    batches = PairBatches(records, retrieval_tokenizer, PairDataConfig(batch_size=4, group_by="none"), seed=0)
+    batches = PairBatches(records, tiny_tokenizer, PairDataConfig(batch_size=4, group_by="none"), seed=0)
     batch = batches.batch(0)
     mask = false_negative_mask(batch, torch.device("cpu"), gather=False)
     unit = [batches.doc_keys[batches.positive[i]].item() for i in range(4)]

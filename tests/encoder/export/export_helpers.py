@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerFast
 from encoder.config import ModelConfig, load_config
 from encoder.heads import MaskedLM, Reranker, TextRepresentationModel
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 
 # several scripts; the last one is longer than 512 tokens with the character-level tokenizer below
@@ -89,7 +89,7 @@ def make_model(kind: str, config: ModelConfig, seed: int = 0, special_ids: tuple
 def run_fresh(script: str, args: list[str], tmp: Path, timeout: int = 240,
               extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run the script file `script` from an empty cwd, with our dependencies but not the repository importable.
-    The script's own folder (tests/export) is on its sys.path, the repository root is not."""
+    The script's own folder (tests/encoder/export) is on its sys.path, the repository root is not."""
     cwd = tmp / "fresh_cwd"
     cwd.mkdir(exist_ok=True)
     return run_isolated([script, *args], cwd, timeout, {"HF_HOME": str(tmp / "hf_home"), **(extra_env or {})})

@@ -32,9 +32,9 @@ def test_every_bucket_has_one_relevant_document_per_query(needle_sets):
                                                               for d in data.beir.corpus}
 
 
-def test_needle_is_at_its_recorded_token_offset(needle_sets, longdoc_assets, longdoc_tokenizer):
-    backend = longdoc_tokenizer.backend_tokenizer
-    units = longdoc_assets[1]
+def test_needle_is_at_its_recorded_token_offset(needle_sets, tiny_assets, tiny_tokenizer):
+    backend = tiny_tokenizer.backend_tokenizer
+    units = tiny_assets.units
     for data in needle_sets.values():
         for needle in data.needles.values():
             ids = backend.encode(data.beir.corpus[needle.doc_id]["text"], add_special_tokens=True).ids
@@ -65,20 +65,20 @@ def test_several_languages_and_scripts(needle_sets):
         assert all(n.query_lang != n.doc_lang for n in data.needles.values())
 
 
-def test_deterministic_for_a_seed(longdoc_assets, longdoc_tokenizer, needle_sets, tmp_path):
-    units = longdoc_assets[1]
-    again = build_longdoc_sets(units, longdoc_tokenizer, lengths=(1024,), seed=0)[1024]
+def test_deterministic_for_a_seed(tiny_assets, tiny_tokenizer, needle_sets, tmp_path):
+    units = tiny_assets.units
+    again = build_longdoc_sets(units, tiny_tokenizer, lengths=(1024,), seed=0)[1024]
     assert again.beir.corpus == needle_sets[1024].beir.corpus
     assert again.needles == needle_sets[1024].needles
-    other = build_longdoc_sets(units, longdoc_tokenizer, lengths=(1024,), seed=1)[1024]
+    other = build_longdoc_sets(units, tiny_tokenizer, lengths=(1024,), seed=1)[1024]
     assert other.beir.corpus != again.beir.corpus
     path = write_longdoc_sets({1024: again}, tmp_path)[1024]
     read = read_longdoc_set(path)
     assert read.needles == again.needles and read.beir.qrels == again.beir.qrels
 
 
-def test_no_filler_answers_a_query(needle_sets, longdoc_assets):
-    units = longdoc_assets[1]
+def test_no_filler_answers_a_query(needle_sets, tiny_assets):
+    units = tiny_assets.units
     for data in needle_sets.values():
         check_longdoc_set(data, units)
         for needle in data.needles.values():
@@ -90,18 +90,18 @@ def test_no_filler_answers_a_query(needle_sets, longdoc_assets):
             assert units[needle.unit_id].split in ("test", "dev")
 
 
-def test_check_catches_a_leaked_needle(needle_sets, longdoc_assets):
+def test_check_catches_a_leaked_needle(needle_sets, tiny_assets):
     data = copy.deepcopy(needle_sets[1024])
     needle = next(iter(data.needles.values()))
     other = next(d for d in data.beir.corpus if d != needle.doc_id)
-    data.beir.corpus[other]["text"] += " " + longdoc_assets[1][needle.unit_id].texts[needle.doc_lang]
+    data.beir.corpus[other]["text"] += " " + tiny_assets.units[needle.unit_id].texts[needle.doc_lang]
     with pytest.raises(DataError, match="not its needle"):
-        check_longdoc_set(data, longdoc_assets[1])
+        check_longdoc_set(data, tiny_assets.units)
 
 
-def test_training_pairs_use_train_units_only(longdoc_assets, longdoc_tokenizer):
-    units = longdoc_assets[1]
-    records = long_training_pairs(units, longdoc_tokenizer, lengths=(1024, 4096), docs_per_length=8,
+def test_training_pairs_use_train_units_only(tiny_assets, tiny_tokenizer):
+    units = tiny_assets.units
+    records = long_training_pairs(units, tiny_tokenizer, lengths=(1024, 4096), docs_per_length=8,
                                   num_negatives=2, query_mode="same")
     assert len(records) == 16 and {r.source for r in records} == {"longdoc-1024", "longdoc-4096"}
     heldout = [t for u in units.values() if u.split != "train" for t in u.texts.values() if len(t) >= MIN_MATCH_CHARS]
@@ -110,5 +110,5 @@ def test_training_pairs_use_train_units_only(longdoc_assets, longdoc_tokenizer):
         assert len(record.negatives) == 2 and all(record.query not in n for n in record.negatives)
         for text in (record.query, record.positive, *record.negatives):
             assert not any(h in text for h in heldout)
-    assert long_training_pairs(units, longdoc_tokenizer, lengths=(1024,), docs_per_length=8) == \
-        long_training_pairs(units, longdoc_tokenizer, lengths=(1024,), docs_per_length=8)
+    assert long_training_pairs(units, tiny_tokenizer, lengths=(1024,), docs_per_length=8) == \
+        long_training_pairs(units, tiny_tokenizer, lengths=(1024,), docs_per_length=8)

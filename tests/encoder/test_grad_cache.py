@@ -85,10 +85,10 @@ def test_grad_cache_replays_dropout_masks():
     assert abs(cached[0] - no_dropout[0]) > 1e-6  # dropout really was active
 
 
-def test_reranker_grad_cache_equals_full_batch(retrieval_tokenizer):
+def test_reranker_grad_cache_equals_full_batch(tiny_tokenizer):
     from data_prep.tokenizer import special_ids
 
-    vocab = special_ids(retrieval_tokenizer).padded_vocab_size
+    vocab = special_ids(tiny_tokenizer).padded_vocab_size
     groups = [[("query one", "the answer"), ("query one", "unrelated words here"), ("query one", "x")],
               [("second question", "a long document " * 5), ("second question", "no"), ("second question", "yes")]]
 
@@ -98,6 +98,6 @@ def test_reranker_grad_cache_equals_full_batch(retrieval_tokenizer):
         engine = build_engine("plain", model, torch.optim.SGD(model.parameters(), lr=0.0), DistEnv())
         run = RerankerRunConfig()
         run.data.grad_cache, run.data.sub_batch_tokens, run.data.max_length = grad_cache, 24, 64
-        return grads_of(model, reranker_step(engine, groups, retrieval_tokenizer, run, torch.device("cpu"))[0].loss)
+        return grads_of(model, reranker_step(engine, groups, tiny_tokenizer, run, torch.device("cpu"))[0].loss)
 
     assert_same(grads(False), grads(True))

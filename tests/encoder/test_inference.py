@@ -15,21 +15,21 @@ AWKWARD = ["", "   \n\t ", "x" * 100_000, "Save changes", "Änderungen speichern
 
 
 @pytest.fixture(scope="module")
-def models(retrieval_tokenizer):
+def models(tiny_tokenizer):
     from data_prep.tokenizer import special_ids
 
-    special = special_ids(retrieval_tokenizer)
+    special = special_ids(tiny_tokenizer)
     config = ModelConfig(vocab_size=special.padded_vocab_size, hidden_size=64, num_layers=1, num_heads=2,
                          intermediate_size=128, hidden_dropout=0.0, max_position_embeddings=512)
     torch.manual_seed(0)
     return TextRepresentationModel(config, special.all_special), Reranker(config)
 
 
-def test_encode_awkward_inputs_in_order_with_one_warning(models, retrieval_tokenizer):
+def test_encode_awkward_inputs_in_order_with_one_warning(models, tiny_tokenizer):
     trm, _ = models
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = encode(trm, retrieval_tokenizer, AWKWARD, sparse=True, dim=32, batch_tokens=600)
+        out = encode(trm, tiny_tokenizer, AWKWARD, sparse=True, dim=32, batch_tokens=600)
     truncation = [w for w in caught if "truncated" in str(w.message)]
     assert len(truncation) == 1 and "1 of 6" in str(truncation[0].message)
     assert out.num_truncated == 1
@@ -39,45 +39,45 @@ def test_encode_awkward_inputs_in_order_with_one_warning(models, retrieval_token
     assert out.sparse_ids[0] == {} and out.sparse_ids[1] == {}  # only specials: no lexical weights
     # input order: each text alone gives the same vector as inside the mixed batch
     for i in (0, 3, 5):
-        alone = encode(trm, retrieval_tokenizer, [AWKWARD[i]], dim=32).dense[0]
+        alone = encode(trm, tiny_tokenizer, [AWKWARD[i]], dim=32).dense[0]
         assert torch.allclose(alone, out.dense[i], atol=1e-5)
     assert not torch.allclose(out.dense[3], out.dense[5])
     # decoded-token dicts carry readable keys
     assert all(isinstance(k, str) for k in out.sparse_tokens[3])
 
 
-def test_encode_no_warning_when_nothing_is_cut(models, retrieval_tokenizer):
+def test_encode_no_warning_when_nothing_is_cut(models, tiny_tokenizer):
     trm, _ = models
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        out = encode(trm, retrieval_tokenizer, ["short text", ""])
+        out = encode(trm, tiny_tokenizer, ["short text", ""])
     assert out.num_truncated == 0 and out.sparse is None
 
 
-def test_rerank_awkward_inputs_and_pair_truncation(models, retrieval_tokenizer):
+def test_rerank_awkward_inputs_and_pair_truncation(models, tiny_tokenizer):
     _, reranker = models
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        scores = rerank(reranker, retrieval_tokenizer, "", AWKWARD)
-        long_query = rerank(reranker, retrieval_tokenizer, "y" * 100_000, ["", "doc"])
+        scores = rerank(reranker, tiny_tokenizer, "", AWKWARD)
+        long_query = rerank(reranker, tiny_tokenizer, "y" * 100_000, ["", "doc"])
     assert scores.shape == (6,) and torch.isfinite(scores).all()
     assert long_query.shape == (2,) and torch.isfinite(long_query).all()
     assert len([w for w in caught if "truncated" in str(w.message)]) == 2  # one per call
     pairs = [("q", "a b c"), ("long query " * 50, "doc " * 400)]
-    direct = score_pairs(reranker, retrieval_tokenizer, pairs, max_length=128)
-    reversed_order = score_pairs(reranker, retrieval_tokenizer, pairs[::-1], max_length=128)
+    direct = score_pairs(reranker, tiny_tokenizer, pairs, max_length=128)
+    reversed_order = score_pairs(reranker, tiny_tokenizer, pairs[::-1], max_length=128)
     assert torch.allclose(direct, reversed_order.flip(0), atol=1e-5)
 
 
-def test_pair_truncation_cuts_the_document_first(retrieval_tokenizer):
+def test_pair_truncation_cuts_the_document_first(tiny_tokenizer):
     query, doc = "short question", "word " * 1000
-    (ids,), cut = tokenize_pairs(retrieval_tokenizer, [(query, doc)], max_length=64)
+    (ids,), cut = tokenize_pairs(tiny_tokenizer, [(query, doc)], max_length=64)
     assert cut == 1 and len(ids) == 64
-    full_query = retrieval_tokenizer(query, add_special_tokens=False)["input_ids"]
+    full_query = tiny_tokenizer(query, add_special_tokens=False)["input_ids"]
     assert ids[1:1 + len(full_query)] == full_query  # the query survives whole
-    assert ids[0] == retrieval_tokenizer.cls_token_id and ids[-1] == retrieval_tokenizer.sep_token_id
+    assert ids[0] == tiny_tokenizer.cls_token_id and ids[-1] == tiny_tokenizer.sep_token_id
     # both sides huge: each keeps about half
-    (both,), _ = tokenize_pairs(retrieval_tokenizer, [("q " * 1000, doc)], max_length=64)
+    (both,), _ = tokenize_pairs(tiny_tokenizer, [("q " * 1000, doc)], max_length=64)
     assert len(both) == 64
 
 
@@ -87,27 +87,27 @@ DIRTY = ["caf\udce9 menu", "\ud800", "emoji \ud83d\ude00 ok", "plain text"]
 CLEANED = ["caf\ufffd menu", "\ufffd", "emoji \U0001f600 ok", "plain text"]
 
 
-def test_lone_surrogates_become_replacement_characters(models, retrieval_tokenizer):
+def test_lone_surrogates_become_replacement_characters(models, tiny_tokenizer):
     trm, reranker = models
-    dirty = encode(trm, retrieval_tokenizer, DIRTY, sparse=True)
-    cleaned = encode(trm, retrieval_tokenizer, CLEANED, sparse=True)
+    dirty = encode(trm, tiny_tokenizer, DIRTY, sparse=True)
+    cleaned = encode(trm, tiny_tokenizer, CLEANED, sparse=True)
     assert torch.equal(dirty.dense, cleaned.dense) and dirty.sparse_ids == cleaned.sparse_ids
     assert not torch.allclose(dirty.dense[0], dirty.dense[2])  # distinct texts still get distinct vectors
-    scores = rerank(reranker, retrieval_tokenizer, "caf\udce9", DIRTY)
-    assert torch.equal(scores, rerank(reranker, retrieval_tokenizer, "caf\ufffd", CLEANED))
-    pairs = score_pairs(reranker, retrieval_tokenizer, list(zip(DIRTY, DIRTY[::-1])))
-    assert torch.equal(pairs, score_pairs(reranker, retrieval_tokenizer, list(zip(CLEANED, CLEANED[::-1]))))
+    scores = rerank(reranker, tiny_tokenizer, "caf\udce9", DIRTY)
+    assert torch.equal(scores, rerank(reranker, tiny_tokenizer, "caf\ufffd", CLEANED))
+    pairs = score_pairs(reranker, tiny_tokenizer, list(zip(DIRTY, DIRTY[::-1])))
+    assert torch.equal(pairs, score_pairs(reranker, tiny_tokenizer, list(zip(CLEANED, CLEANED[::-1]))))
 
 
-def test_none_is_an_error_naming_its_index(models, retrieval_tokenizer):
+def test_none_is_an_error_naming_its_index(models, tiny_tokenizer):
     trm, reranker = models
     with pytest.raises(TypeError, match=r"texts\[2\]: expected a string, got NoneType"):
-        encode(trm, retrieval_tokenizer, ["a", "b", None])
+        encode(trm, tiny_tokenizer, ["a", "b", None])
     with pytest.raises(TypeError, match=r"documents\[1\]: expected a string, got NoneType"):
-        rerank(reranker, retrieval_tokenizer, "q", ["d", None])
+        rerank(reranker, tiny_tokenizer, "q", ["d", None])
     with pytest.raises(TypeError, match=r"query: expected a string, got NoneType"):
-        rerank(reranker, retrieval_tokenizer, None, ["d"])
+        rerank(reranker, tiny_tokenizer, None, ["d"])
     with pytest.raises(TypeError, match=r"pairs\[1\]\[0\]: expected a string, got int"):
-        score_pairs(reranker, retrieval_tokenizer, [("q", "d"), (3, "d")])
+        score_pairs(reranker, tiny_tokenizer, [("q", "d"), (3, "d")])
     with pytest.raises(TypeError, match=r"texts: expected a sequence of strings, got one string"):
-        encode(trm, retrieval_tokenizer, "one string")
+        encode(trm, tiny_tokenizer, "one string")
