@@ -137,7 +137,9 @@ def copyright_licences(root: Path, name: str) -> tuple[str, tuple[str, ...]]:
             names.append(licence)
             if (fields.get("Files") or "").strip() == "*" and not main:
                 main = licence
-    return main, tuple(dict.fromkeys(names))
+    if not names:  # a free-form copyright file (pre-DEP-5): say where the terms are
+        return f"see usr/share/doc/{name}/copyright (free-form, no License field)", ()
+    return main or names[0], tuple(dict.fromkeys(names))
 
 
 def get_package(name: str, cache_dir: str | Path, download: Downloader = apt_download) -> DebPackage:

@@ -137,3 +137,13 @@ def test_package_with_another_name_is_refused(tmp_path):
     deb = build_deb("other-doc", {"usr/share/doc/x/readme": "x"}, tmp_path)
     with pytest.raises(DataError, match="holds package 'other-doc'"):
         get_package("wanted-doc", tmp_path / "cache", fake_downloader({"wanted-doc": deb}))
+
+
+def test_free_form_copyright_file_is_pointed_to(tmp_path):
+    from data_prep.sources.debian import copyright_licences
+
+    doc = tmp_path / "usr/share/doc/old-doc"
+    doc.mkdir(parents=True)
+    (doc / "copyright").write_text("This package was debianized in 1998.\nCopyright: JM Project\n", encoding="utf-8")
+    assert copyright_licences(tmp_path, "old-doc") == (
+        "see usr/share/doc/old-doc/copyright (free-form, no License field)", ())
