@@ -46,8 +46,9 @@ _PER_BATCH_ARGS = ["num_seqs", "total_tokens"]
 
 
 # fp32 is the correctness path, not a speed path: its IEEE dots run on FMA units, and the fp16/bf16 tiles
-# below compile to heavily spilling sm_90 code (3-80 s per config, measured offline with Triton 3.7's ptxas).
-# 32 x 32 tiles over 8 warps compile in 3-5 s for head dim 128, with little spilling.
+# below compile to heavily spilling sm_90 code for it (up to 78 s for one config at head dim 128: compiled
+# offline with Triton 3.7's ptxas on a loaded 2-core machine). 32 x 32 tiles over 8 warps compiled in 3-5 s
+# there, spilling a few KB instead of 100+ KB.
 FP32_SHAPE = (32, 32, 8, 1)
 
 
