@@ -312,8 +312,9 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _by_lang(docs: Sequence[Document]) -> dict[str, list[Document]]:
-    out: dict[str, list[Document]] = {}
+def _by_lang(docs: Sequence) -> dict[str, list]:
+    """Documents (or long documents) grouped by their `lang`."""
+    out: dict[str, list] = {}
     for doc in docs:
         out.setdefault(doc.lang, []).append(doc)
     return out
@@ -358,10 +359,10 @@ def _write(root: Path, config: CorpusConfig, train: list[Document], mlm_docs: li
     counts["pairs"] = {name: dict(Counter(r.source for r in records)) for name, records in
                        (("train", ft), ("cpt", cpt), ("long", lpairs))}
     (root / "long").mkdir()
-    for lang, docs in sorted(_group(longs).items()):
+    for lang, docs in sorted(_by_lang(longs).items()):
         write_jsonl(root / "long" / f"{lang}.jsonl", [d.to_dict() for d in docs])
     counts["long"] = {lang: {"docs": len(docs), "chars": sum(len(d.text) for d in docs)}
-                      for lang, docs in sorted(_group(longs).items())}
+                      for lang, docs in sorted(_by_lang(longs).items())}
     # evaluation: in-domain, then held-out domain
     rules = replace(config.heldout_rules, min_long_chars=config.min_long_chars)
     parts = {EMBEDDED: embedded["beir"]} if embedded else {}
@@ -397,13 +398,6 @@ def _write(root: Path, config: CorpusConfig, train: list[Document], mlm_docs: li
 def _holds_heldout(record: PairRecord, fingerprints: Fingerprints) -> bool:
     return any(fingerprints.hit(line) is not None for text in (record.query, record.positive, *record.negatives)
                for line in text.split("\n"))
-
-
-def _group(longs) -> dict[str, list]:
-    out: dict[str, list] = {}
-    for doc in longs:
-        out.setdefault(doc.lang, []).append(doc)
-    return out
 
 
 def _manifest(config: CorpusConfig, plan: dict, packages: dict[str, DebPackage], cleaner: Cleaner, counts: dict,
