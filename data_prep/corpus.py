@@ -22,7 +22,6 @@ import os
 import re
 import tempfile
 import time
-import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -43,16 +42,14 @@ from data_prep.files import (
     write_json,
 )
 from data_prep.shards import FORMAT, ShardReader
+from data_prep.text import NORMAL_FORMS, clean_text
 from data_prep.tokenizer import load_tokenizer, special_ids
 
 log = logging.getLogger(__name__)
 __all__ = ["CorpusSource", "ShardConfig", "ShardReader", "build_shards", "clean_text", "chunk_ids"]
 
 LOCAL_KINDS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
-NORMAL_FORMS = ("NFC", "NFKC", "NFD", "NFKD")
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "org/name" as the hub spells dataset ids
-# C0/C1 control characters except tab and newline; carriage returns become newlines first
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b\ufeff]")
 
 
 @dataclass(frozen=True)
@@ -105,23 +102,6 @@ class LanguageStats:
     chunked_docs: int = 0  # documents longer than max_length, split into several sequences
     skipped: Counter = field(default_factory=Counter)  # reason -> count (documents or lines)
     sources: list[str] = field(default_factory=list)
-
-
-# ---- cleaning --------------------------------------------------------------------------------------------
-def clean_text(text: object, normalization: str = "NFC") -> tuple[str, str]:
-    """(cleaned text, "" or the reason to skip it). Drops empty and control-only lines inside the text."""
-    if text is None:
-        return "", "missing_text"
-    if not isinstance(text, str):
-        return "", "not_a_string"
-    if not text.strip():
-        return "", "empty"
-    text = unicodedata.normalize(normalization, text.replace("\r\n", "\n").replace("\r", "\n"))
-    lines = [_CONTROL.sub("", line).strip() for line in text.split("\n")]
-    kept = [line for line in lines if line]
-    if not kept:
-        return "", "control_only"
-    return "\n".join(kept), ""
 
 
 def chunk_ids(ids: Sequence[int], max_length: int, cls_id: int, sep_id: int, min_tokens: int = 1) -> list[list[int]]:
@@ -208,9 +188,7 @@ def _prepare_batch(batch: dict, text_field: str, tokenizer, config: ShardConfig)
     ids, reasons, digests = [], [], []
     texts = []
     for raw in batch[text_field]:
-        text, reason = clean_text(raw, config.normalization)
-        if not reason and len(text) > config.max_doc_chars:
-            text, reason = "", "too_long_chars"
+        text, reason = clean_text(raw, config.normalization, config.max_doc_chars)
         reasons.append(reason)
         digests.append(hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest() if text else "")
         texts.append(text)

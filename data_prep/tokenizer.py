@@ -32,6 +32,7 @@ from tokenizers.models import Unigram
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from data_prep.files import DataError, LineScan, MissingFileError, atomic_path, require_file, scan_lines
+from data_prep.text import clean_text
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def train_tokenizer_from_files(files: Iterable[str | Path], out_dir: str | Path,
 
     Lines are read like the shards stage reads them: invalid UTF-8 / JSON lines are skipped and counted
     (`on_bad_line="raise"`: DataError naming file and line, before anything is written), texts are cleaned
-    with `corpus.clean_text` (missing_text, not_a_string, empty, control_only, too_long_chars are counted).
+    with `data_prep.text.clean_text` (missing_text, not_a_string, empty, control_only, too_long_chars are counted).
     The HF tokenizer is written to `out_dir` only once it trained and loads; on any failure nothing is
     created or changed there (an earlier tokenizer stays as it was).
     """
@@ -219,13 +220,9 @@ class _TrainingTexts:
                             scan.bad_lines[0])
 
     def __iter__(self) -> Iterator[str]:
-        from data_prep.corpus import clean_text  # corpus imports this module
-
         for scan in self.scans:
             for value in self._values(scan):
-                text, reason = clean_text(value, self.normalization)
-                if not reason and len(text) > self.max_doc_chars:
-                    text, reason = "", "too_long_chars"
+                text, reason = clean_text(value, self.normalization, self.max_doc_chars)
                 if reason:
                     self.skipped[reason] += 1
                     continue
