@@ -285,15 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data_prep.files import DataError
+    from data_prep.files import exit_status
 
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,18 @@ class DataError(ValueError):
 
 class MissingFileError(DataError, FileNotFoundError):
     """A required input file or directory is absent (callers may catch either DataError or FileNotFoundError)."""
+
+
+def exit_status(command: Callable[[], int | None], expected: tuple[type[BaseException], ...] = (DataError,)) -> int:
+    """Run a command-line action and return its exit status: its own (0 when it returns None), or 2 after one
+    `error: ...` line on stderr when it raises an `expected` error (bad input), so a user never sees a traceback
+    for a mistake the message already explains."""
+    try:
+        status = command()
+    except expected as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0 if status is None else status
 
 
 def require_file(path: str | Path, what: str = "input file") -> Path:

@@ -36,7 +36,7 @@ from data_prep.embedded import (
     django_units,
     udhr_units,
 )
-from data_prep.files import DataError, read_jsonl, write_jsonl
+from data_prep.files import DataError, exit_status, read_jsonl, write_jsonl
 from data_prep.pairs import PairRecord, write_pairs
 
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192)
@@ -354,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="queries: the needle in other languages, or its own text (verbatim passkey)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    try:
+
+    def build() -> None:
         units, tokenizer = load_units(args.embedded_dir), load_tokenizer(args.tokenizer)
         if args.what == "eval":
             sets = build_longdoc_sets(units, tokenizer, args.lengths or DEFAULT_LENGTHS, seed=args.seed,
@@ -367,10 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                                           seed=args.seed, query_mode=args.query_mode)
             write_pairs(records, args.out)
             print(f"{args.out}: {len(records)} long-document pairs")
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_status(build)
 
 
 if __name__ == "__main__":

@@ -262,19 +262,14 @@ def load_spm_proto(spm_path: str | Path) -> model_pb2.ModelProto:
     return proto
 
 
-def build_fast_tokenizer(spm_path: str | Path) -> Tokenizer:
-    """The `tokenizers` equivalent of an XLM-R style sentencepiece model, with model ids (offset applied)."""
-    proto = load_spm_proto(spm_path)
-    vocab = [(tok, 0.0) for tok in SPECIAL_TOKENS]
-    vocab += [(p.piece, p.score) for p in proto.pieces[3:]]
-    vocab += [("<mask>", 0.0)]
-    tokenizer = Tokenizer(Unigram(vocab, unk_id=3, byte_fallback=proto.trainer_spec.byte_fallback))
-    # sentencepiece: charsmap normalisation (nmt_nfkc), drop leading/trailing whitespace, collapse runs
-    steps = []
-    if proto.normalizer_spec.precompiled_charsmap:
-        steps.append(normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap))
-    steps += [normalizers.Strip(left=True, right=True), normalizers.Replace(Regex(" {2,}"), " ")]
-    tokenizer.normalizer = normalizers.Sequence(steps)
+def xlmr_unigram(pieces: list[tuple[str, float]], byte_fallback: bool, normalizer_steps: list | None = None
+                 ) -> Tokenizer:
+    """A `tokenizers` Unigram over `pieces` in XLM-R's id layout (<s>=0 <pad>=1 </s>=2 <unk>=3, the pieces,
+    <mask> last) with sentencepiece's metaspace and XLM-R's `<s> A </s> </s> B </s>` template."""
+    vocab = [(tok, 0.0) for tok in SPECIAL_TOKENS] + list(pieces) + [("<mask>", 0.0)]
+    tokenizer = Tokenizer(Unigram(vocab, unk_id=3, byte_fallback=byte_fallback))
+    if normalizer_steps:
+        tokenizer.normalizer = normalizers.Sequence(normalizer_steps)
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tokenizer.decoder = decoders.Sequence([decoders.Metaspace(replacement="▁", prepend_scheme="always"),
                                            decoders.ByteFallback(), decoders.Fuse()])
@@ -283,6 +278,17 @@ def build_fast_tokenizer(spm_path: str | Path) -> Tokenizer:
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS]
                                  + [AddedToken("<mask>", special=True, normalized=False, lstrip=True)])
     return tokenizer
+
+
+def build_fast_tokenizer(spm_path: str | Path) -> Tokenizer:
+    """The `tokenizers` equivalent of an XLM-R style sentencepiece model, with model ids (offset applied)."""
+    proto = load_spm_proto(spm_path)
+    # sentencepiece: charsmap normalisation (nmt_nfkc), drop leading/trailing whitespace, collapse runs
+    steps = []
+    if proto.normalizer_spec.precompiled_charsmap:
+        steps.append(normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap))
+    steps += [normalizers.Strip(left=True, right=True), normalizers.Replace(Regex(" {2,}"), " ")]
+    return xlmr_unigram([(p.piece, p.score) for p in proto.pieces[3:]], proto.trainer_spec.byte_fallback, steps)
 
 
 def save_hf_tokenizer(spm_path: str | Path, out_dir: str | Path, model_max_length: int = 8192) -> Path:

@@ -13,6 +13,8 @@ import time
 
 import torch
 
+from data_prep.files import exit_status
+
 from .attention import available_backends
 from .batch import UnpaddedBatch
 from .config import ModelConfig, load_config
@@ -100,11 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return pipeline_main(argv[1:])
     args = build_parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return exit_status(lambda: args.fn(args), (ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":

@@ -172,6 +172,21 @@ def build_parser(prog: str, doc: str, example: str, init_help: str) -> argparse.
     return parser
 
 
+def trainer_cli(run_config_cls: type, train_fn: Callable[..., dict], doc: str, *, example: str,
+                init_help: str) -> Callable[[list[str] | None], int]:
+    """A trainer's `main(argv) -> exit status`, `python -m <train_fn's module>`: see `run_cli`."""
+
+    module = train_fn.__module__
+    if module == "__main__":  # run as `python -m encoder.train_x`: the module's own name is in its spec
+        module = getattr(sys.modules["__main__"].__spec__, "name", module)
+
+    def main(argv: list[str] | None = None) -> int:
+        return run_cli(argv, run_config_cls, train_fn, prog=f"python -m {module}", doc=doc, example=example,
+                       init_help=init_help)
+
+    return main
+
+
 def run_cli(argv: list[str] | None, run_config_cls: type, train_fn: Callable[..., dict], *, prog: str, doc: str,
             example: str, init_help: str) -> int:
     """Parse, load and validate the config, train; exit 2 on bad input or a refused checkpoint / locked run

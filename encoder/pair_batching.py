@@ -205,17 +205,23 @@ class LengthBuckets:
         return self.batchers[which].batch(step)
 
 
-def long_pair_batches(config: PairDataConfig, tokenizer, seed: int, rank: int = 0) -> LengthBuckets | None:
-    """The TRM's long-document batches, or None when `data.long_pairs` is unset or `use_long_pairs` is off."""
+def long_buckets(config: Any, tokenizer, max_length: int, group_size: int, seed: int,
+                 make: Callable[[list, int], Any]) -> LengthBuckets | None:
+    """Length buckets over `config.long_pairs` (the whole documents, tokenized up to `max_length`), or None when
+    it is unset or `config.use_long_pairs` is off. `make(records, batch_size)` builds one bucket's batcher."""
     if not config.long_pairs or not config.use_long_pairs:
         return None
     records = read_pairs(config.long_pairs)
-    lengths = [len(ids) for ids in tokenize_texts(tokenizer, [r.positive for r in records],
-                                                  config.max_long_doc_length)[0]]
+    lengths = [len(ids) for ids in tokenize_texts(tokenizer, [r.positive for r in records], max_length)[0]]
+    return LengthBuckets(records, lengths, group_size, config.long_batch_tokens, config.alpha, seed, make)
+
+
+def long_pair_batches(config: PairDataConfig, tokenizer, seed: int, rank: int = 0) -> LengthBuckets | None:
+    """The TRM's long-document batches, or None when `data.long_pairs` is unset or `use_long_pairs` is off."""
     long_config = replace(config, group_by="none", max_doc_length=config.max_long_doc_length)
-    return LengthBuckets(records, lengths, 1 + config.num_hard_negatives, config.long_batch_tokens, config.alpha,
-                         seed, lambda recs, size: PairBatches(recs, tokenizer, replace(long_config, batch_size=size),
-                                                              seed, rank))
+    return long_buckets(config, tokenizer, config.max_long_doc_length, 1 + config.num_hard_negatives, seed,
+                        lambda recs, size: PairBatches(recs, tokenizer, replace(long_config, batch_size=size),
+                                                       seed, rank))
 
 
 def interleave(short: Any, long: Any | None, every: int) -> Callable[[int], Any]:

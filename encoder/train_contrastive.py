@@ -34,36 +34,29 @@ from data_prep.tokenizer import load_tokenizer, special_ids
 
 from .artifacts import inference_model_config, load_encoder_weights, save_final
 from .batch import UnpaddedBatch
-from .config import ModelConfig, config_field
+from .config import config_field
 from .distributed import all_gather_variable, barrier, seed_everything
 from .grad_cache import grad_cache_step, plan_chunks
 from .heads import TextRepresentationModel, TRMOutput
-from .loop import StepOutput, run_cli, run_loop, step_output, training_session
+from .loop import StepOutput, run_loop, step_output, trainer_cli, training_session
 from .losses import LossConfig, LossOutput, build_output_losses, concat_trm, global_pair_loss, select_rows
 from .pair_batching import PairBatch, PairBatches, PairDataConfig, interleave, load_records, long_pair_batches
-from .training import CheckpointConfig, LogConfig, OptimConfig, TrainConfig, build_engine, build_optimizer, require
+from .training import RunConfig, TrainConfig, at_least, build_engine, build_optimizer
 
 
 # ---- the run config ----------------------------------------------------------------------------------------
 @dataclass
 class ContrastiveTrainConfig(TrainConfig):
     init_from: str = ""  # MLM checkpoint / run dir (encoder weights; heads fresh) or a TRM final/ dir
-    revntk_factor: float = 1.0  # > 1: train at rope_theta / f, saved for inference as (θ/f, NTK f) (mGTE: 8)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.revntk_factor >= 1, "train.revntk_factor", "must be >= 1 (1 = off)", self.revntk_factor)
+    # > 1: train at rope_theta / f, saved for inference as (θ/f, NTK f) (mGTE: 8)
+    revntk_factor: float = at_least(1, 1.0, " (1 = off)")
 
 
 @dataclass
-class TRMRunConfig:
-    model: ModelConfig = config_field(ModelConfig)
+class TRMRunConfig(RunConfig):
     data: PairDataConfig = config_field(PairDataConfig)
     loss: LossConfig = config_field(LossConfig)
-    optim: OptimConfig = config_field(OptimConfig)
     train: ContrastiveTrainConfig = config_field(ContrastiveTrainConfig)
-    checkpoint: CheckpointConfig = config_field(CheckpointConfig)
-    log: LogConfig = config_field(LogConfig)
 
 
 # ---- the step -----------------------------------------------------------------------------------------------
@@ -176,9 +169,7 @@ def train(config: TRMRunConfig, resume: str = "none", stop_after: int | None = N
     return {**summary, "final": str(final) if summary["step"] == train_cfg.max_steps else ""}
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_cli(argv, TRMRunConfig, train, prog="python -m encoder.train_contrastive", doc=__doc__,
-                   example="configs/trm_ft.yaml",
+main = trainer_cli(TRMRunConfig, train, __doc__, example="configs/trm_ft.yaml",
                    init_help="MLM checkpoint or run dir (encoder weights, fresh heads), or a TRM final/ dir")
 
 

@@ -24,35 +24,27 @@ from data_prep.tokenizer import SpecialIds
 
 from .artifacts import load_weights
 from .batch import IGNORE_INDEX, UnpaddedBatch
-from .config import ModelConfig, config_field
+from .config import config_field
 from .distributed import DistEnv, all_reduce_sum, seed_everything
 from .heads import MaskedLM
-from .loop import StepOutput, run_cli, run_loop, training_session
+from .loop import StepOutput, run_loop, trainer_cli, training_session
 from .mlm_data import DataConfig, MLMData
-from .training import CheckpointConfig, LogConfig, OptimConfig, TrainConfig, build_engine, build_optimizer, require
+from .training import RunConfig, TrainConfig, at_least, build_engine, build_optimizer
 
 
 # ---- the run config ----------------------------------------------------------------------------------------
 @dataclass
 class MLMTrainConfig(TrainConfig):
-    max_steps: int = 250_000  # optimizer steps; the LR schedule spans exactly these
-    grad_accum: int = 1  # micro-batches per optimizer step on each rank
+    max_steps: int = at_least(1, 250_000)  # optimizer steps; the LR schedule spans exactly these
+    grad_accum: int = at_least(1, 1)  # micro-batches per optimizer step on each rank
     deepspeed_config: str = "launch/deepspeed/zero2.json"
     init_from: str = ""  # weights only: a checkpoint directory or a run directory (its newest checkpoint)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.grad_accum >= 1, "train.grad_accum", "must be >= 1", self.grad_accum)
-
 
 @dataclass
-class MLMRunConfig:
-    model: ModelConfig = config_field(ModelConfig)
+class MLMRunConfig(RunConfig):
     data: DataConfig = config_field(DataConfig)
-    optim: OptimConfig = config_field(OptimConfig)
     train: MLMTrainConfig = config_field(MLMTrainConfig)
-    checkpoint: CheckpointConfig = config_field(CheckpointConfig)
-    log: LogConfig = config_field(LogConfig)
 
 
 # ---- the trainer --------------------------------------------------------------------------------------------
@@ -115,9 +107,7 @@ def train_step(engine, micro_batches: list[UnpaddedBatch], env: DistEnv) -> Step
                       tokens=int(totals[2]))
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_cli(argv, MLMRunConfig, train, prog="python -m encoder.train_mlm", doc=__doc__,
-                   example="configs/mlm_stage1.yaml",
+main = trainer_cli(MLMRunConfig, train, __doc__, example="configs/mlm_stage1.yaml",
                    init_help="initial weights only (stage 2 from stage 1): a checkpoint or run directory")
 
 

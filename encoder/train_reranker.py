@@ -20,16 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from data_prep.pairs import PairRecord, read_pairs
+from data_prep.pairs import PairRecord
 from data_prep.tokenizer import load_tokenizer, special_ids
 
 from .artifacts import load_encoder_weights, save_final
-from .config import ModelConfig, config_field
+from .config import config_field
 from .distributed import all_reduce_sum, barrier, seed_everything
 from .grad_cache import grad_cache_step, plan_chunks
 from .heads import Reranker
-from .inference import tokenize_pairs, tokenize_texts
-from .loop import StepOutput, run_cli, run_loop, step_output, training_session
+from .inference import tokenize_pairs
+from .loop import StepOutput, run_loop, step_output, trainer_cli, training_session
 from .losses import LossOutput
 from .pair_batching import (
     GroupedRecords,
@@ -37,10 +37,11 @@ from .pair_batching import (
     PairDocuments,
     interleave,
     load_records,
+    long_buckets,
     pick_negatives,
     validate_pair_data,
 )
-from .training import CheckpointConfig, LogConfig, OptimConfig, TrainConfig, build_engine, build_optimizer, require
+from .training import RunConfig, TrainConfig, build_engine, build_optimizer, require
 
 
 @dataclass
@@ -87,14 +88,10 @@ class RerankerTrainConfig(TrainConfig):
 
 
 @dataclass
-class RerankerRunConfig:
-    model: ModelConfig = config_field(ModelConfig)
+class RerankerRunConfig(RunConfig):
     data: RerankerDataConfig = config_field(RerankerDataConfig)
     loss: RerankerLossConfig = config_field(RerankerLossConfig)
-    optim: OptimConfig = config_field(OptimConfig)
     train: RerankerTrainConfig = config_field(RerankerTrainConfig)
-    checkpoint: CheckpointConfig = config_field(CheckpointConfig)
-    log: LogConfig = config_field(LogConfig)
 
 
 class RerankGroups:
@@ -120,15 +117,10 @@ class RerankGroups:
 
 def long_rerank_groups(config: RerankerDataConfig, tokenizer, seed: int, rank: int = 0) -> LengthBuckets | None:
     """Long-document query groups batched by length, or None when `data.long_pairs` is unset or off."""
-    if not config.long_pairs or not config.use_long_pairs:
-        return None
-    records = read_pairs(config.long_pairs)
-    lengths = [len(ids) for ids in tokenize_texts(tokenizer, [r.positive for r in records],
-                                                  config.max_long_length)[0]]
     long_config = replace(config, group_by="none")
-    return LengthBuckets(records, lengths, 1 + config.num_hard_negatives + config.num_random_negatives,
-                         config.long_batch_tokens, config.alpha, seed,
-                         lambda recs, size: RerankGroups(recs, replace(long_config, batch_size=size), seed, rank))
+    return long_buckets(config, tokenizer, config.max_long_length,
+                        1 + config.num_hard_negatives + config.num_random_negatives, seed,
+                        lambda recs, size: RerankGroups(recs, replace(long_config, batch_size=size), seed, rank))
 
 
 def listwise_loss(logits: Tensor, group_size: int, temperature: float, global_queries: Tensor) -> Tensor:
@@ -208,9 +200,7 @@ def train(config: RerankerRunConfig, resume: str = "none", stop_after: int | Non
     return {**summary, "final": str(final) if done else ""}
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_cli(argv, RerankerRunConfig, train, prog="python -m encoder.train_reranker", doc=__doc__,
-                   example="configs/reranker.yaml",
+main = trainer_cli(RerankerRunConfig, train, __doc__, example="configs/reranker.yaml",
                    init_help="MLM checkpoint or run dir (encoder weights; the head is fresh unless a reranker final/)")
 
 

@@ -15,19 +15,20 @@ import math
 import time
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .config import ModelConfig, config_field
 from .distributed import all_reduce_sum
 from .engine import Engine, build_engine, set_lr
 
 __all__ = ["CheckpointConfig", "Engine", "LogConfig", "NonFiniteGuard", "NonFiniteLossError", "OptimConfig",
-           "Progress", "TrainConfig", "TrainLogger", "build_engine", "build_optimizer", "lr_at", "parameter_groups",
-           "plot_loss_curve", "read_metrics", "require", "set_lr"]
+           "Progress", "RunConfig", "TrainConfig", "TrainLogger", "at_least", "build_engine", "build_optimizer",
+           "lr_at", "parameter_groups", "plot_loss_curve", "read_metrics", "require", "set_lr"]
 log = logging.getLogger(__name__)
 
 
@@ -64,28 +65,37 @@ class OptimConfig:
                     scale)
 
 
+def at_least(minimum: float, default: Any, note: str = "") -> Any:
+    """A `train:` field whose lower bound `TrainConfig.__post_init__` checks (subclasses declare bounds this
+    way instead of overriding `__post_init__`)."""
+    return field(default=default, metadata={"at_least": (minimum, note)})
+
+
 @dataclass
 class TrainConfig:
     """The `train:` section; trainers subclass it for their own fields and defaults."""
 
-    max_steps: int = 1000  # optimizer steps; the LR schedule spans exactly these
+    max_steps: int = at_least(1, 1000)  # optimizer steps; the LR schedule spans exactly these
     precision: str = "bf16"  # bf16 autocast (CPU and CUDA) or fp32
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     engine: str = "plain"  # plain (one process / DDP under torchrun), deepspeed, auto
     deepspeed_config: str = "launch/deepspeed/zero1.json"
     init_from: str = ""  # initial weights: a checkpoint / run directory, or a final/ directory
-    max_nonfinite: int = 5  # stop after this many non-finite losses in a row
+    max_nonfinite: int = at_least(1, 5)  # stop after this many non-finite losses in a row
 
     def __post_init__(self) -> None:
-        require(self.max_steps >= 1, "train.max_steps", "must be >= 1", self.max_steps)
+        for spec in fields(self):
+            if "at_least" in spec.metadata:
+                minimum, note = spec.metadata["at_least"]
+                value = getattr(self, spec.name)
+                require(value >= minimum, f"train.{spec.name}", f"must be >= {minimum:g}{note}", value)
         require(self.precision in ("fp32", "bf16"), "train.precision", "expected fp32 or bf16 (fp16 is not "
                 "supported)", self.precision)
         require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "train.device",
                 "expected auto, cpu, cuda or cuda:N", self.device)
         require(self.engine in ("plain", "deepspeed", "auto"), "train.engine", "expected plain, deepspeed or auto",
                 self.engine)
-        require(self.max_nonfinite >= 1, "train.max_nonfinite", "must be >= 1", self.max_nonfinite)
 
 
 @dataclass
@@ -109,6 +119,18 @@ class LogConfig:
 
     def __post_init__(self) -> None:
         require(self.every >= 1, "log.every", "must be >= 1", self.every)
+
+
+@dataclass
+class RunConfig:
+    """The YAML sections every trainer has; each trainer's run config adds its own `data` and `train` (and
+    `loss`) sections, redeclaring `train` with its subclass of TrainConfig."""
+
+    model: ModelConfig = config_field(ModelConfig)
+    optim: OptimConfig = config_field(OptimConfig)
+    train: TrainConfig = config_field(TrainConfig)
+    checkpoint: CheckpointConfig = config_field(CheckpointConfig)
+    log: LogConfig = config_field(LogConfig)
 
 
 # ---- optimizer --------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Generate the code shipped in an export from our own source files, so the published model IS our model.
 
-    modeling_longenc.py   encoder/{batch,attention,rope,config,model,heads}.py + export/hf_modeling.py, one file
+    modeling_longenc.py   kernels/reference.py + encoder/{batch,kernel_switches,attention,rope,config,model,heads}.py
+                          + export/hf_modeling.py, one file
     sentence_longenc.py   export/{text_input,st_modules}.py (the sentence-transformers modules), importing the above
     longenc_triton.py     kernels/{_utils,rope,attention,geglu}.py when present (optional GPU fast path)
 

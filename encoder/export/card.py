@@ -60,8 +60,9 @@ def render_card(kind: str, config: ModelConfig, name: str, training_config: dict
              f"**Architecture:** {arch}.\n",
              "## Usage\n", USAGE[kind].format(name=name) + "\n",
              "The modeling code ships with the weights (" + ", ".join(f"`{f}`" for f in code_files) + "): it runs "
-             "on packed tokens with the best available attention backend (Triton kernels on GPU when importable, "
-             "else FlashAttention / xFormers / PyTorch SDPA), and needs `trust_remote_code=True`.\n"]
+             "on packed tokens with the best available attention backend (on GPU: the bundled Triton kernels where a "
+             "GPU check has passed on that device, else FlashAttention / xFormers / PyTorch SDPA), and needs "
+             "`trust_remote_code=True`.\n"]
     if not has_tokenizer:
         parts.append("_No tokenizer was exported with this model; sentence-transformers loading needs one._\n")
     parts.append("## Configuration\n\n```yaml\n" + yaml.safe_dump(to_dict(config), sort_keys=False) + "```\n")

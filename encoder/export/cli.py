@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from data_prep.files import exit_status
+
 from ..config import ModelConfig, load_config, read_yaml
 from ..heads import MaskedLM, Reranker, TextRepresentationModel
 from .hf import export_pretrained
@@ -142,8 +144,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return exit_status(lambda: args.fn(args), (ValueError, FileNotFoundError, FileExistsError))

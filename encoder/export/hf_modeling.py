@@ -9,8 +9,9 @@ Every class keeps the checkpoint layout of our own task models: the backbone und
 (the backbone) loads every export and leaves the head's keys out without a load report.
 
 The fast path is the native one: padding is removed once at the entry (`unpad`), the model runs on packed tokens
-with the best attention backend of the registry (Triton on GPU when the bundled kernels import, else
-flash/xformers/SDPA), and padding is restored only on the outputs.
+with the best attention backend of the registry (on GPU: the bundled Triton kernels once `make gpu-check` has
+recorded a pass for that device, else flash/xformers/SDPA; `attention_backend="triton"` forces them), and padding
+is restored only on the outputs.
 """
 
 from __future__ import annotations

@@ -7,15 +7,13 @@ from pathlib import Path
 
 import torch
 from fresh_python import run_isolated
-from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors
-from tokenizers.models import Unigram
 from transformers import PreTrainedTokenizerFast
 
+from data_prep.tokenizer import xlmr_unigram
 from encoder.config import ModelConfig, load_config
 from encoder.heads import MaskedLM, Reranker, TextRepresentationModel
 
 ROOT = Path(__file__).resolve().parents[3]
-SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 
 # several scripts; the last one is longer than 512 tokens with the character-level tokenizer below
 TEXTS = [
@@ -34,16 +32,8 @@ PAIRS = [(TEXTS[0], TEXTS[1]), (TEXTS[2], TEXTS[6]), (TEXTS[3], TEXTS[7]), ("sho
 def build_tokenizer(texts: list[str] = TEXTS) -> PreTrainedTokenizerFast:
     """Character unigram with byte fallback and XLM-R's special layout (<s>=0 <pad>=1 </s>=2 <unk>=3, <mask> last)."""
     chars = sorted({c for t in texts for c in t.replace(" ", "")})
-    vocab = [(t, 0.0) for t in SPECIALS] + [("▁", -2.0)] + [(c, -5.0) for c in chars]
-    vocab += [(f"<0x{b:02X}>", -10.0) for b in range(256)] + [("<mask>", 0.0)]
-    tokenizer = Tokenizer(Unigram(vocab, unk_id=3, byte_fallback=True))
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tokenizer.decoder = decoders.Sequence([decoders.Metaspace(replacement="▁", prepend_scheme="always"),
-                                           decoders.ByteFallback(), decoders.Fuse()])
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
-    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS]
-                                 + [AddedToken("<mask>", special=True, normalized=False, lstrip=True)])
+    pieces = [("▁", -2.0)] + [(c, -5.0) for c in chars] + [(f"<0x{b:02X}>", -10.0) for b in range(256)]
+    tokenizer = xlmr_unigram(pieces, byte_fallback=True)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=8192, bos_token="<s>",
                                    eos_token="</s>", cls_token="<s>", sep_token="</s>", pad_token="<pad>",
                                    unk_token="<unk>", mask_token="<mask>")
