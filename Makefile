@@ -1,7 +1,7 @@
 # Common commands. Each target sets up .venv (pinned) on first use.
 PY := .venv/bin/python
 
-.PHONY: setup test test-fast demo lint bench-kernels gpu-check clean
+.PHONY: setup test test-fast demo demo-heldout quality lint bench-kernels gpu-check clean
 setup:
 	@bash scripts/setup_env.sh
 
@@ -13,6 +13,12 @@ test-fast: setup      ## skip end-to-end runs
 
 demo: setup           ## the main job at toy scale on the embedded data
 	$(PY) -m encoder.pipeline
+
+demo-heldout: setup   ## the demo plus a held-out domain (Debian handbook, fetched with apt-get download)
+	$(PY) -m encoder.pipeline --config configs/pipeline_demo_heldout.yaml
+
+quality: setup        ## the quality table and checks of finished runs (RUNS="runs/demo runs/demo-heldout")
+	$(PY) bench/quality.py $(or $(RUNS),runs/demo)
 
 lint: setup
 	$(PY) -m ruff check .

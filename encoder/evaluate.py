@@ -4,9 +4,18 @@ r"""Retrieval evaluation on a BEIR-layout set: dense, sparse, hybrid, dense-then
         --reranker runs/tiny_reranker/final --untrained-baseline --out runs/eval
 
 Metrics: nDCG@10, recall@100, MRR@10 (encoder.metrics), over all judged queries and per language (the
-query's `lang`) and per script group. The hybrid weight γ (s = dense + γ·sparse) is chosen on the dev
-split when there is one (else it is reported as not tuned: γ from --gamma). BM25 is `bm25s` over the
-model's tokenizer pieces. Writes results.json, results.md and matryoshka.png (nDCG@10 by dense width).
+query's `lang`) and per script group. BM25 is `bm25s` over the model's tokenizer pieces; the `random` row is
+the exact expectation of a uniformly random ranking (the floor every figure is read against).
+
+Hybrid: each side's scores are z-normalised per query (over the corpus) and mixed as (1-γ)·z_dense + γ·z_sparse,
+so neither side can dominate by scale alone; γ in [0, 1] is chosen on the dev split when there is one (γ = 0 is
+dense alone, 1 sparse alone), else taken from --gamma and reported as not tuned.
+
+Collapse diagnostics per model: the mean pairwise cosine of the document embeddings (near 1: every document
+looks alike) and the mean over queries of the rank correlation between a document's dense score and its
+length (near ±1: the score measures length, not relevance); either past its threshold adds a warning.
+
+Writes results.json, results.md and matryoshka.png (nDCG@10 by dense width).
 """
 
 from __future__ import annotations
@@ -29,9 +38,11 @@ from data_prep.tokenizer import load_tokenizer
 from .artifacts import load_final
 from .heads import Reranker, TextRepresentationModel, sparse_scores
 from .inference import Encoded, encode, score_pairs
-from .metrics import mean_metrics
+from .metrics import mean_metrics, random_metrics
 
-GAMMA_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+GAMMA_GRID = tuple(i / 10 for i in range(11))  # sparse share of the z-normalised hybrid
+COLLAPSED_COSINE = 0.9  # mean pairwise document cosine at or above this: the embeddings have collapsed
+LENGTH_BIAS_RHO = 0.5  # |rank correlation of score with length| at or above this: the score tracks length
 Run = dict[str, list[str]]
 
 
@@ -72,10 +83,52 @@ def score_matrix(encoded: EncodedSet, dense_weight: float = 1.0, sparse_weight: 
     return scores
 
 
+def zscore_rows(scores: Tensor) -> Tensor:
+    """Each row (query) shifted to mean 0 and scaled to standard deviation 1 (a constant row becomes 0)."""
+    centred = scores - scores.mean(dim=1, keepdim=True)
+    return centred / scores.std(dim=1, keepdim=True, unbiased=False).clamp_min(1e-12)
+
+
+def hybrid_matrix(encoded: EncodedSet, gamma: float, dim: int | None = None) -> Tensor:
+    """`[Nq, Nd]` = (1-γ)·z(dense) + γ·z(sparse), z normalising each query's scores over the corpus."""
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma: the sparse share of the hybrid must be in [0, 1], got {gamma}")
+    return ((1.0 - gamma) * zscore_rows(score_matrix(encoded, dim=dim))
+            + gamma * zscore_rows(score_matrix(encoded, 0.0, 1.0)))
+
+
 def rank(scores: Tensor, query_ids: Sequence[str], doc_ids: Sequence[str], depth: int = 100) -> Run:
     k = min(depth, scores.shape[1])
     top = torch.topk(scores, k, dim=1).indices.tolist()
     return {q: [doc_ids[i] for i in row] for q, row in zip(query_ids, top)}
+
+
+def rank_correlation(scores: Tensor, values: Tensor) -> Tensor:
+    """Spearman's ρ between each row of `scores` `[Nq, Nd]` and `values` `[Nd]` (ties broken by order)."""
+    def ranks(x: Tensor) -> Tensor:
+        r = torch.empty_like(x)
+        r.scatter_(-1, x.argsort(dim=-1), torch.arange(x.shape[-1], dtype=x.dtype).expand_as(x).contiguous())
+        return zscore_rows(r.reshape(-1, x.shape[-1]))
+
+    return (ranks(scores.double()) * ranks(values.double().unsqueeze(0))).mean(dim=1)
+
+
+def collapse_diagnostics(encoded: EncodedSet, doc_lengths: Sequence[int]) -> dict[str, Any]:
+    """Mean pairwise cosine of the document embeddings, mean rank correlation of dense score with document
+    length over queries, and a warning for each past its threshold."""
+    docs = encoded.docs.dense.double()
+    n = docs.shape[0]
+    mean_cos = float(((docs.sum(0) @ docs.sum(0)) - (docs * docs).sum()) / max(n * (n - 1), 1))
+    rho = rank_correlation(score_matrix(encoded), torch.tensor(doc_lengths, dtype=torch.float64))
+    rho_mean = float(rho.mean()) if n > 1 else 0.0
+    warnings = []
+    if n > 1 and mean_cos >= COLLAPSED_COSINE:
+        warnings.append(f"dense embeddings look collapsed: mean cosine between documents {mean_cos:.3f} "
+                        f"(>= {COLLAPSED_COSINE})")
+    if abs(rho_mean) >= LENGTH_BIAS_RHO:
+        warnings.append(f"dense score tracks document length: mean rank correlation {rho_mean:+.3f} "
+                        f"(|rho| >= {LENGTH_BIAS_RHO})")
+    return {"mean_doc_cosine": round(mean_cos, 4), "score_length_rho": round(rho_mean, 4), "warnings": warnings}
 
 
 def bm25_run(data: BeirData, tokenizer, query_ids: Sequence[str], depth: int = 100) -> Run:
@@ -111,6 +164,25 @@ def rerank_run(reranker: Reranker, tokenizer, data: BeirData, first_stage: Run, 
             for q, docs in first_stage.items()}
 
 
+FIRST_STAGE = "hybrid"  # the candidates the reranker re-orders: the best single first stage by design
+RERANK_MARGIN = 0.005  # nDCG@10 a reranker must add over its first stage to be called better
+
+
+def reranker_verdict(first_stage: float, reranked: float, top_k: int) -> dict[str, Any]:
+    """First-stage vs reranked nDCG@10, and a sentence that calls the reranker better only when it is."""
+    delta = reranked - first_stage
+    if delta > RERANK_MARGIN:
+        word = "improves"
+    elif delta < -RERANK_MARGIN:
+        word = "HURTS"
+    else:
+        word = "does not change"
+    text = (f"the reranker {word} its first stage: {FIRST_STAGE} top-{top_k} nDCG@10 {first_stage:.3f} -> "
+            f"{reranked:.3f} ({delta:+.3f})")
+    return {"first_stage": FIRST_STAGE, "first_stage_ndcg@10": round(first_stage, 4),
+            "reranked_ndcg@10": round(reranked, 4), "improves": word == "improves", "text": text}
+
+
 # ---- breakdowns -------------------------------------------------------------------------------------------
 def query_groups(data: BeirData, query_ids: Sequence[str]) -> dict[str, list[str]]:
     """"all", "lang:<code>" per query language, and "script:<name>" per dominant script of a language."""
@@ -131,18 +203,19 @@ def grouped_metrics(run: Run, qrels: dict, groups: dict[str, list[str]]) -> dict
 
 
 def search_gamma(encoded: EncodedSet, qrels: dict, grid: Sequence[float] = GAMMA_GRID) -> tuple[float, dict]:
-    """γ maximising mean nDCG@10 of dense + γ·sparse on `encoded` (the dev queries)."""
+    """γ maximising mean nDCG@10 of the hybrid on `encoded` (the dev queries); ties go to the γ nearest 0.5
+    (the even mix), so a flat curve does not drop a side."""
     curve = {}
     for gamma in grid:
-        run = rank(score_matrix(encoded, 1.0, gamma), encoded.query_ids, encoded.doc_ids)
+        run = rank(hybrid_matrix(encoded, gamma), encoded.query_ids, encoded.doc_ids)
         curve[gamma] = mean_metrics(run, qrels)["ndcg@10"]
-    best = max(curve, key=lambda g: (curve[g], -g))
+    best = max(curve, key=lambda g: (round(curve[g], 9), -abs(g - 0.5)))  # rounding: float noise is no tie-breaker
     return best, curve
 
 
 # ---- the whole evaluation ------------------------------------------------------------------------------
 def evaluate_trm(model: TextRepresentationModel, tokenizer, data: BeirData, split: str = "test",
-                 dev_split: str = "dev", gamma: float = 0.1, max_length: int | None = None,
+                 dev_split: str = "dev", gamma: float = 0.5, max_length: int | None = None,
                  dims: Sequence[int] = ()) -> dict[str, Any]:
     """Dense / sparse / hybrid runs and metrics of one TRM on `split`; γ tuned on `dev_split` if present."""
     qrels = data.qrels[split]
@@ -155,12 +228,13 @@ def evaluate_trm(model: TextRepresentationModel, tokenizer, data: BeirData, spli
     encoded = encode_set(model, tokenizer, data, query_ids, max_length)
     runs = {"dense": rank(score_matrix(encoded), query_ids, encoded.doc_ids),
             "sparse": rank(score_matrix(encoded, 0.0, 1.0), query_ids, encoded.doc_ids),
-            "hybrid": rank(score_matrix(encoded, 1.0, gamma), query_ids, encoded.doc_ids)}
+            "hybrid": rank(hybrid_matrix(encoded, gamma), query_ids, encoded.doc_ids)}
     groups = query_groups(data, query_ids)
     matryoshka = {d: mean_metrics(rank(score_matrix(encoded, dim=d), query_ids, encoded.doc_ids), qrels)["ndcg@10"]
                   for d in dims}
+    diagnostics = collapse_diagnostics(encoded, [len(doc_text(data.corpus[d])) for d in encoded.doc_ids])
     return {"runs": runs, "metrics": {name: grouped_metrics(run, qrels, groups) for name, run in runs.items()},
-            "gamma": gamma, "gamma_tuning": tuned_on, "matryoshka_ndcg@10": matryoshka}
+            "gamma": gamma, "gamma_tuning": tuned_on, "matryoshka_ndcg@10": matryoshka, "diagnostics": diagnostics}
 
 
 def plot_matryoshka(curves: dict[str, dict[int, float]], path: Path) -> Path:
@@ -196,7 +270,7 @@ def markdown_table(results: dict[str, dict[str, dict[str, float]]], metric: str 
 
 def run_evaluation(data: BeirData, tokenizer, trm: TextRepresentationModel | None = None,
                    reranker: Reranker | None = None, untrained: TextRepresentationModel | None = None,
-                   split: str = "test", rerank_top_k: int = 100, gamma: float = 0.1, max_length: int | None = None,
+                   split: str = "test", rerank_top_k: int = 100, gamma: float = 0.5, max_length: int | None = None,
                    dims: Sequence[int] = (), bm25: bool = True, out_dir: Path | None = None,
                    progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Every system on one split; writes results.json / results.md / matryoshka.png when `out_dir` is given."""
@@ -216,24 +290,48 @@ def run_evaluation(data: BeirData, tokenizer, trm: TextRepresentationModel | Non
             table[f"{prefix}{name}"] = metrics
         report[f"{prefix}gamma".strip()] = result["gamma"]
         report[f"{prefix}gamma_tuning".strip()] = result["gamma_tuning"]
+        report.setdefault("diagnostics", {})[label or "trained"] = result["diagnostics"]
+        for warning in result["diagnostics"]["warnings"]:
+            progress(f"warning ({label or 'trained'} TRM): {warning}")
         if dims:
             curves[label or "trained"] = result["matryoshka_ndcg@10"]
         if model is trm and reranker is not None:
-            progress(f"reranking the dense top-{rerank_top_k}")
-            reranked = rerank_run(reranker, tokenizer, data, result["runs"]["dense"], rerank_top_k, max_length)
-            table[f"dense + rerank@{rerank_top_k}"] = grouped_metrics(reranked, qrels, groups)
+            progress(f"reranking the {FIRST_STAGE} top-{rerank_top_k}")
+            reranked = rerank_run(reranker, tokenizer, data, result["runs"][FIRST_STAGE], rerank_top_k, max_length)
+            table[f"{FIRST_STAGE} + rerank@{rerank_top_k}"] = grouped_metrics(reranked, qrels, groups)
+            report["reranker_verdict"] = reranker_verdict(table[FIRST_STAGE]["all"]["ndcg@10"],
+                                                          table[f"{FIRST_STAGE} + rerank@{rerank_top_k}"]["all"][
+                                                              "ndcg@10"], rerank_top_k)
+            progress(report["reranker_verdict"]["text"])
     if bm25:
         table["bm25"] = grouped_metrics(bm25_run(data, tokenizer, query_ids), qrels, groups)
+    table["random"] = {name: random_metrics(qrels, len(data.corpus), ids) for name, ids in groups.items()}
     report["results"] = table
     report["matryoshka_ndcg@10"] = {k: {str(d): v for d, v in c.items()} for k, c in curves.items()}
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "results.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
         md = "\n\n".join(f"### {m}\n\n{markdown_table(table, m)}" for m in ("ndcg@10", "recall@100", "mrr@10"))
+        md += "\n\n" + diagnostics_markdown(report)
         (out_dir / "results.md").write_text(md + "\n", encoding="utf-8")
         if curves:
             plot_matryoshka(curves, out_dir / "matryoshka.png")
     return report
+
+
+def diagnostics_markdown(report: dict[str, Any]) -> str:
+    """The collapse diagnostics, hybrid γ and reranker verdict of one evaluation, as markdown."""
+    lines = ["### diagnostics", "", "| model | mean document cosine | rank corr. score~length | warnings |",
+             "|---|---:|---:|---|"]
+    for model, diag in report.get("diagnostics", {}).items():
+        lines.append(f"| {model} | {diag['mean_doc_cosine']:.3f} | {diag['score_length_rho']:+.3f} | "
+                     f"{'; '.join(diag['warnings']) or 'none'} |")
+    tuned = report.get("gamma_tuning")
+    lines += ["", f"Hybrid γ (sparse share) = {report.get('gamma')}"
+              + (f", tuned on the {tuned['split']} split." if tuned else " (not tuned: no dev split).")]
+    if "reranker_verdict" in report:
+        lines += ["", report["reranker_verdict"]["text"] + "."]
+    return "\n".join(lines)
 
 
 # ---- command line ---------------------------------------------------------------------------------------
@@ -245,8 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reranker", help="a reranker final/ directory (encoder.train_reranker)")
     parser.add_argument("--tokenizer", help="tokenizer directory (default: the model's own copy)")
     parser.add_argument("--split", default="test", help="qrels split to report (default test)")
-    parser.add_argument("--gamma", type=float, default=0.1, help="hybrid sparse weight when there is no dev split")
-    parser.add_argument("--rerank-top-k", type=int, default=100, help="dense candidates the reranker re-orders")
+    parser.add_argument("--gamma", type=float, default=0.5,
+                        help="hybrid sparse share in [0, 1] when there is no dev split to tune it on")
+    parser.add_argument("--rerank-top-k", type=int, default=100, help="hybrid candidates the reranker re-orders")
     parser.add_argument("--max-length", type=int, default=None, help="token budget per text / pair")
     parser.add_argument("--untrained-baseline", action="store_true",
                         help="also score a randomly initialised TRM of the same shape (seed 0)")

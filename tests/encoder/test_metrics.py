@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from encoder.metrics import mean_metrics, mrr_at_k, ndcg_at_k, recall_at_k
+from encoder.metrics import METRICS, mean_metrics, mrr_at_k, ndcg_at_k, random_metrics, recall_at_k
 
 
 def test_ndcg_hand_cases():
@@ -39,3 +39,23 @@ def test_mean_over_judged_queries_only():
     assert mean_metrics(run, qrels, ["q2"])["mrr@10"] == 0.5
     # a query the run never answered scores 0, it is not dropped
     assert mean_metrics({}, {"q1": {"a": 1}})["ndcg@10"] == 0.0
+
+
+def test_random_metrics_equal_the_mean_over_every_permutation():
+    # 6 documents, graded judgements: the exact expectation is the mean over all 720 orderings
+    import itertools
+
+    docs = [f"d{i}" for i in range(6)]
+    qrels = {"q1": {"d0": 2, "d3": 1, "d5": 0}, "q2": {"d4": 1}, "q3": {"d1": 0}}
+    orderings = list(itertools.permutations(docs))
+    brute = {}
+    for q in ("q1", "q2"):
+        rows = [{name: fn(list(order), qrels[q], k) for name, (fn, k) in METRICS.items()} for order in orderings]
+        brute[q] = {name: sum(r[name] for r in rows) / len(rows) for name in METRICS}
+    expected = random_metrics(qrels, len(docs))
+    assert expected["queries"] == 2  # q3 has no positive judgement: skipped, as mean_metrics does
+    for name in METRICS:
+        assert expected[name] == pytest.approx((brute["q1"][name] + brute["q2"][name]) / 2, rel=1e-12)
+    # one relevant document among 1000: about 1/1000 of the ideal at every rank, far below any model
+    assert random_metrics({"q": {"d": 1}}, 1000)["ndcg@10"] == pytest.approx(
+        sum(1 / math.log2(r + 2) for r in range(10)) / 1000)

@@ -61,7 +61,7 @@ def test_report_table_has_numbers_for_every_row(pipeline_run):
     section = report.split("### ndcg@10", 1)[1].split("###", 1)[0]
     rows = {line.split("|")[1].strip(): line
             for line in section.splitlines() if line.startswith("| ") and "---" not in line}
-    for system in ("bm25", "dense", "sparse", "hybrid", "dense + rerank@10"):
+    for system in ("bm25", "dense", "sparse", "hybrid", "hybrid + rerank@10"):
         assert system in rows, f"{system} missing from the report table"
         cells = [c.strip() for c in rows[system].split("|")[2:-1]]
         assert cells and all(re.fullmatch(r"\d+(\.\d+)?", c) for c in cells), rows[system]

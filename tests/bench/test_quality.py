@@ -1,0 +1,91 @@
+"""bench/quality.py reads saved pipeline results (hand-made here) and marks each quality check pass / FAIL."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "bench" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def results(queries: int, first_stage: str = "hybrid", **ndcg: float) -> dict:
+    names = {"hybrid_rerank": f"{first_stage} + rerank@20"}
+    table = {names.get(system, system): {"all": {"ndcg@10": value, "queries": queries}}
+             for system, value in ndcg.items()}
+    out = {"queries": queries, "corpus": 50, "gamma": 0.4, "results": table,
+           "diagnostics": {"trained": {"mean_doc_cosine": 0.3, "score_length_rho": 0.1, "warnings": []}}}
+    if "hybrid_rerank" in ndcg:
+        out["reranker_verdict"] = {"first_stage": first_stage}
+    return out
+
+
+def fake_run(root: Path, sets: dict[str, dict], longdoc_rows: list[dict] | None = None) -> Path:
+    (root / "evaluate").mkdir(parents=True)
+    paths = {}
+    for name, result in sets.items():
+        path = root / "evaluate" / f"{name.replace('/', '__')}.json"
+        path.write_text(json.dumps(result))
+        paths[name] = str(path)
+    outputs = {"results_json": paths.pop("in-domain"), "heldout": paths}
+    (root / "evaluate" / "STAGE_DONE.json").write_text(json.dumps({"outputs": outputs}))
+    if longdoc_rows is not None:
+        (root / "longdoc").mkdir()
+        (root / "longdoc" / "longdoc.json").write_text(json.dumps({"rows": longdoc_rows}))
+        (root / "longdoc" / "STAGE_DONE.json").write_text(json.dumps({"outputs": {"json": str(root / "longdoc" /
+                                                                                          "longdoc.json")}}))
+    return root
+
+
+def test_checks_follow_the_saved_figures(tmp_path, capsys):
+    bench = load_bench()
+    run = fake_run(tmp_path / "run", {
+        "in-domain": results(100, random=0.02, bm25=0.5, dense=0.6, sparse=0.5, hybrid=0.7, hybrid_rerank=0.9),
+        # held-out: hybrid above BM25 on mono (pooled by queries: (0.6*10 + 0.3*30)/40 = 0.375 vs 0.35)
+        "debian-handbook/mono-de": results(10, random=0.05, bm25=0.5, dense=0.4, sparse=0.5, hybrid=0.6,
+                                           hybrid_rerank=0.55),
+        "debian-handbook/mono-en": results(30, random=0.05, bm25=0.3, dense=0.2, sparse=0.3, hybrid=0.3,
+                                           hybrid_rerank=0.3),
+        "debian-handbook/cross-de": results(20, random=0.05, bm25=0.1, dense=0.15, sparse=0.1, hybrid=0.2,
+                                            hybrid_rerank=0.1),
+    }, longdoc_rows=[{"system": "whole dense", "ndcg@10": 0.8, "past512": True},
+                     {"system": "trunc512 dense", "ndcg@10": 0.3, "past512": True},
+                     {"system": "trunc512 dense", "ndcg@10": 0.9, "past512": False}])
+    out = tmp_path / "quality.json"
+    assert bench.main([str(run), "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["complete"]
+    checks = saved["runs"][0]["checks"]
+    assert checks["heldout_mono_hybrid_ge_bm25"].startswith("pass: hybrid 0.375 vs BM25 0.350")
+    assert checks["heldout_cross_dense_2x_bm25"].startswith("FAIL: dense 0.150 vs BM25 0.100")
+    # held-out reranking, pooled: (0.55*10 + 0.3*30 + 0.1*20)/60 = 0.275 against hybrid (6 + 9 + 4)/60 = 0.317
+    assert checks["reranker_not_below_first_stage"].startswith("FAIL: reranked 0.275 vs first stage 0.317")
+    assert checks["reranker_improves_first_stage"].startswith("FAIL")
+    # dense pooled (4 + 6 + 3)/60 = 0.217, at least 0.1 above random 0.05
+    assert checks["heldout_dense_above_random"].startswith("pass: dense 0.217 vs random 0.050")
+    assert checks["longdoc_whole_beats_trunc512"] == "pass: whole 0.800 vs 512 tokens 0.300"
+    printed = capsys.readouterr().out
+    row = "| debian-handbook/cross-de | 20 | 50 | 0.050 | 0.100 | 0.150 | 0.100 | 0.200 | 0.100 | 0.4 | 0.30 |"
+    assert row in printed
+
+
+def test_a_run_without_heldout_sets_marks_those_checks_not_applicable(tmp_path):
+    bench = load_bench()
+    run = bench.read_run(fake_run(tmp_path / "run", {"in-domain": results(5, random=0.1, bm25=0.5, dense=0.5)}))
+    assert run["checks"]["heldout_mono_hybrid_ge_bm25"] == "n/a"
+    assert run["checks"]["longdoc_whole_beats_trunc512"] == "n/a"
+
+
+def test_an_unfinished_run_is_reported_not_crashed(tmp_path, capsys):
+    bench = load_bench()
+    out = tmp_path / "quality.json"
+    assert bench.main([str(tmp_path / "missing"), "--out", str(out)]) == 1
+    assert "the evaluate stage has not finished" in capsys.readouterr().err
+    assert json.loads(out.read_text())["runs"][0]["error"]

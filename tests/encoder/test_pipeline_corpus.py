@@ -1,0 +1,106 @@
+"""The pipeline on a documentation corpus (data.corpus): the data stage records the held-out-domain sets and
+the weak pairs, and the report shows every held-out set beside BM25 and a random ranking. Packages are made
+here (fake apt), so nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data_prep"))
+from doc_fixtures import build_deb, fake_downloader, handbook_page, mallard_page  # noqa: E402
+
+from data_prep.beir import read_beir  # noqa: E402
+from data_prep.builder import CorpusConfig, build_corpus  # noqa: E402
+from data_prep.heldout import HeldoutRules  # noqa: E402
+from data_prep.tokenizer import special_ids  # noqa: E402
+from data_prep.weakpairs import PairLimits  # noqa: E402
+from encoder import pipeline as pipeline_module  # noqa: E402
+from encoder.config import ModelConfig, load_config  # noqa: E402
+from encoder.evaluate import run_evaluation  # noqa: E402
+from encoder.heads import TextRepresentationModel  # noqa: E402
+from encoder.metrics import random_metrics  # noqa: E402
+from encoder.pipeline import Pipeline, PipelineConfig  # noqa: E402
+from encoder.report import heldout_section  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def debs(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("debs")
+    pages = (("alpha", [0, 1]), ("beta", [2, 3]))
+    handbook = {f"usr/share/doc/debian-handbook/html/{d}/{page}.html": handbook_page(lang, idx, page)
+                for lang, d in (("en", "en-US"), ("de", "de-DE")) for page, idx in pages}
+    gnome = {f"usr/share/help/{d}/gnome-help/page{i}.page": mallard_page(lang, i, f"page{i}")
+             for lang, d in (("en", "C"), ("de", "de")) for i in (4, 5, 6, 7)}
+    return {"debian-handbook": build_deb("debian-handbook", handbook, out, "11.2", "GPL-2.0+ or CC-BY-SA-3.0"),
+            "gnome-user-docs": build_deb("gnome-user-docs", gnome, out, "43.0-2")}
+
+
+@pytest.fixture
+def corpus_pipeline(tmp_path, debs, monkeypatch) -> Pipeline:
+    fixture = CorpusConfig(sources=("gnome-user-docs", "debian-handbook"), heldout=("debian-handbook",),
+                           languages=("en", "de"), max_pages={}, indomain_fraction=0.25, min_long_chars=200,
+                           pair_limits=PairLimits(min_section_chars=40),
+                           heldout_rules=HeldoutRules(min_section_chars=40, dev_fraction=0.34, needles_per_doc=2))
+    requested = []
+
+    def build(out_dir, preset, cache_dir):  # the preset named in the config, built from the fixture packages
+        requested.append(preset)
+        return build_corpus(out_dir, fixture, cache_dir=cache_dir, download=fake_downloader(debs), progress=False)
+
+    monkeypatch.setattr(pipeline_module, "build_corpus", build)
+    config = load_config(PipelineConfig, None, [f"workdir={tmp_path / 'run'}", "data.corpus=demo-heldout",
+                                                f"data.cache_dir={tmp_path / 'cache'}"])
+    pipe = Pipeline(config, log=lambda _: None)
+    pipe.requested = requested
+    return pipe
+
+
+def test_corpus_data_stage_records_heldout_sets_and_weak_pairs(corpus_pipeline):
+    data = corpus_pipeline.run(only=("data",))["data"]["outputs"]
+    assert corpus_pipeline.requested == ["demo-heldout"]
+    assert data["source"] == "corpus demo-heldout" and set(data["mlm"]) == {"en", "de"}
+    # every held-out BEIR set but the long-document one (that is a needle set, scored by the longdoc stage)
+    assert {"debian-handbook/mono-en", "debian-handbook/mono-de", "debian-handbook/cross-de"} <= set(data["heldout"])
+    assert not [name for name in data["heldout"] if name.endswith("longdoc")]
+    assert Path(data["cpt_pairs"]).is_file() and data["units"] == ""  # no embedded source: no needle units
+    for path in data["heldout"].values():
+        assert read_beir(path, splits=("test",), required=("test",)).qrels["test"]
+
+
+def test_corpus_and_user_data_are_exclusive():
+    with pytest.raises(ValueError, match="data.corpus"):
+        load_config(PipelineConfig, None, ["data.corpus=demo-heldout", "data.path=/some/dir"])
+    with pytest.raises(ValueError, match="data.corpus: expected one of"):
+        load_config(PipelineConfig, None, ["data.corpus=nope"])
+
+
+def test_heldout_report_section_shows_every_set_beside_bm25_and_random(corpus_pipeline, tiny_assets, tiny_tokenizer,
+                                                                      tmp_path):
+    data_outputs = corpus_pipeline.run(only=("data",))["data"]["outputs"]
+    torch.manual_seed(0)
+    vocab = special_ids(tiny_tokenizer).padded_vocab_size
+    config = replace(ModelConfig(), vocab_size=vocab, hidden_size=32, num_layers=1, num_heads=2,
+                     intermediate_size=64)
+    trm = TextRepresentationModel(config, tuple(special_ids(tiny_tokenizer).all_special)).eval()
+    paths = {}
+    for name, path in sorted(data_outputs["heldout"].items()):
+        out = tmp_path / name.replace("/", "__")
+        data = read_beir(path)
+        report = run_evaluation(data, tiny_tokenizer, trm, split="test", out_dir=out, progress=lambda _: None)
+        assert report["results"]["random"]["all"]["ndcg@10"] == pytest.approx(
+            random_metrics(data.qrels["test"], len(data.corpus))["ndcg@10"])
+        paths[name] = str(out / "results.json")
+    section = heldout_section(paths)
+    rows = [line for line in section.splitlines() if line.startswith("| debian-handbook/")]
+    assert len(rows) == len(paths)
+    header = next(line for line in section.splitlines() if line.startswith("| set |"))
+    assert all(col in header for col in ("random", "bm25", "dense", "sparse", "hybrid", "γ"))
+    saved = json.loads(Path(paths["debian-handbook/mono-en"]).read_text())
+    assert f"| {saved['results']['bm25']['all']['ndcg@10']:.3f} |" in rows[[r.split(" |")[0] for r in rows].index(
+        "| debian-handbook/mono-en")]
