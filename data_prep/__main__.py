@@ -254,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "Sources: embedded, debian-handbook, gnome-user-docs, libreoffice-help, manpages. A held-out "
                     "source reaches no training file\n(mlm/, pairs/, long/); it becomes heldout/<source>/"
                     "{mono-<lang>,cross-<lang>,longdoc}. Presets: demo (embedded only, seconds),\ndemo-heldout "
-                    "(+ 20 handbook pages held out), small (all sources, 12 languages, handbook held out).",
+                    "(+ 60 GNOME help pages to train on, 20 handbook pages held out),\nsmall (all sources, 12 "
+                    "languages, handbook held out).",
         epilog="example: python -m data_prep corpus --preset small --out runs/data/corpus-small\n"
                "         python -m data_prep corpus --sources embedded gnome-user-docs debian-handbook "
                "--heldout debian-handbook --languages en de ja --max-pages gnome-user-docs=50 --out /tmp/c")

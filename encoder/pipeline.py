@@ -35,10 +35,11 @@ from typing import Any
 
 import torch
 
-from data_prep.beir import read_beir
+from data_prep.beir import BeirData, read_beir
 from data_prep.builder import EMBEDDED, PRESETS, build_corpus
 from data_prep.corpus import CorpusSource, ShardConfig, build_shards
 from data_prep.embedded import build_embedded
+from data_prep.files import write_json
 from data_prep.longdoc import (
     build_longdoc_sets,
     check_longdoc_set,
@@ -53,10 +54,11 @@ from data_prep.tokenizer import load_tokenizer, save_hf_tokenizer, special_ids, 
 from . import train_contrastive, train_mlm, train_reranker
 from .artifacts import load_final, load_mlm
 from .config import config_field, load_config, read_yaml
-from .evaluate import run_evaluation
+from .evaluate import doc_text, run_evaluation
 from .export import export_pretrained
 from .heads import TextRepresentationModel
 from .longdoc_eval import LongDocEvalConfig, run_longdoc_eval
+from .mlm_eval import mlm_accuracy, unseen_texts
 from .report import write_report
 from .runlock import RunLock, RunLockedError
 
@@ -399,9 +401,28 @@ class Pipeline:
             run_evaluation(data, tokenizer, trm, reranker, split="test", rerank_top_k=self.config.rerank_top_k,
                            out_dir=out_dir, progress=lambda m, n=name: self.log(f"[evaluate {n}] {m}"))
             heldout[name] = str(out_dir / "results.json")
+        mlm = self._mlm_accuracy(data, directory / "mlm_accuracy.json")
         return {"results_json": str(directory / "results.json"), "results_md": str(directory / "results.md"),
                 "matryoshka_png": str(directory / "matryoshka.png"), "gamma": report.get("gamma"),
-                "heldout": heldout}
+                "heldout": heldout, "mlm_accuracy": str(mlm)}
+
+    def _mlm_accuracy(self, indomain: BeirData, path: Path) -> Path:
+        """Masked-token accuracy of both MLM stages on text no stage trained on: the in-domain test queries and
+        their relevant documents, and the documents of each held-out-domain monolingual set."""
+        texts = {"in-domain": unseen_texts(indomain)}
+        for name, beir_dir in self.records["data"]["outputs"].get("heldout", {}).items():
+            if "/mono-" in name:
+                texts[name] = [doc_text(doc) for doc in read_beir(beir_dir, splits=("test",)).corpus.values()]
+        tokenizer = load_tokenizer(self.out("tokenizer", "dir"))
+        scores: dict[str, dict] = {}
+        for stage in ("mlm_stage1", "mlm_stage2"):
+            model = load_mlm(self.out(stage, "run_dir"))
+            for name, chunk in texts.items():
+                scores.setdefault(name, {})[stage] = mlm_accuracy(model, tokenizer, chunk)
+            self.log(f"[evaluate] {stage} masked-token accuracy on unseen text: " + ", ".join(
+                f"{name} {by_stage[stage]['accuracy']:.3f}" for name, by_stage in scores.items()))
+        write_json(path, scores)
+        return path
 
     def stage_longdoc(self, directory: Path) -> dict:
         """Needle sets from the run's embedded units and tokenizer, the fine-tuned TRM (and reranker) scored on

@@ -50,8 +50,20 @@ def test_every_stage_completes_with_its_artefacts(pipeline_run):
         losses = [json.loads(line)["loss"] for line in metrics if '"loss"' in line]
         assert losses and all(x == x for x in losses), stage  # logged, and no NaN
     report_dir = workdir / "report"
-    for png in ("loss_curves.png", "matryoshka.png"):
+    for png in ("loss_curves.png", "mlm_accuracy.png", "matryoshka.png"):
         assert (report_dir / png).stat().st_size > 1000, png
+
+
+@pytest.mark.slow
+def test_mlm_accuracy_on_unseen_text_is_reported_for_both_stages(pipeline_run):
+    config, records, _, _ = pipeline_run
+    scores = json.loads(Path(records["evaluate"]["outputs"]["mlm_accuracy"]).read_text())
+    assert set(scores) == {"in-domain"}  # the embedded data has no held-out-domain set
+    for stage in ("mlm_stage1", "mlm_stage2"):
+        assert 0.0 <= scores["in-domain"][stage]["accuracy"] <= 1.0 and scores["in-domain"][stage]["masked"] > 100
+    report = (Path(config.workdir) / "report" / "report.md").read_text()
+    assert "## MLM: masked-token accuracy on text no stage trained on" in report
+    assert f"{scores['in-domain']['mlm_stage2']['accuracy']:.3f}" in report
 
 
 @pytest.mark.slow
