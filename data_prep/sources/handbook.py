@@ -61,7 +61,9 @@ def parse_file(path: str | Path, lang: str, doc_id: str | None = None) -> Docume
     root = tree.getroot()
     if root is None:
         raise DataError(f"{path}: empty document")
-    sections: dict[int, Section] = {}
+    # keyed by the container's path in the tree: lxml makes element proxies on demand, so id() of one is not
+    # the element's identity (a freed proxy's id is reused by another element's: sections merged at random)
+    sections: dict[str, Section] = {}
     for para in root.xpath("//div[contains(concat(' ', normalize-space(@class), ' '), ' para ')]"):
         container = _container(para)
         if container is None:
@@ -69,10 +71,11 @@ def parse_file(path: str | Path, lang: str, doc_id: str | None = None) -> Docume
         text = _paragraph_text(para)
         if not text:
             continue
-        if id(container) not in sections:
+        where = tree.getpath(container)
+        if where not in sections:
             key, heading, level = _heading(container)
-            sections[id(container)] = Section(key or f"s{len(sections)}", heading, [], level)
-        sections[id(container)].paragraphs.append(text)
+            sections[where] = Section(key or f"s{len(sections)}", heading, [], level)
+        sections[where].paragraphs.append(text)
     ordered = list(sections.values())
     top = next((d for d in root.iter("div") if CONTAINERS.intersection((d.get("class") or "").split())), None)
     title = _heading(top)[1] if top is not None else ""

@@ -59,7 +59,9 @@ def parse_page(path: str | Path, lang: str, doc_id: str | None = None) -> Docume
     desc = root.find("m:info/m:desc", M)
     if desc is not None and _text(desc):
         lead.paragraphs.append(_text(desc))
-    sections: dict[int, Section] = {id(root): lead}
+    # keyed by path in the tree, not id(): lxml element proxies are made on demand and their ids get reused
+    tree = root.getroottree()
+    sections: dict[str, Section] = {tree.getpath(root): lead}
     for p in root.iter(f"{{{NS}}}p"):
         if _skipped(p):
             continue
@@ -67,12 +69,13 @@ def parse_page(path: str | Path, lang: str, doc_id: str | None = None) -> Docume
         container = _container(p)
         if not text or container is None:
             continue
-        if id(container) not in sections:
+        where = tree.getpath(container)
+        if where not in sections:
             heading = container.find("m:title", M)
             depth = sum(1 for a in container.iterancestors(f"{{{NS}}}section")) + 2
-            sections[id(container)] = Section(container.get("id") or f"s{len(sections)}",
-                                              _text(heading) if heading is not None else "", [], depth)
-        sections[id(container)].paragraphs.append(text)
+            sections[where] = Section(container.get("id") or f"s{len(sections)}",
+                                      _text(heading) if heading is not None else "", [], depth)
+        sections[where].paragraphs.append(text)
     ordered = [s for s in sections.values() if s.paragraphs]
     return Document(SOURCE, doc_id or path.stem, lang, title, ordered)
 

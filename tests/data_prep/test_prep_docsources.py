@@ -147,3 +147,43 @@ def test_free_form_copyright_file_is_pointed_to(tmp_path):
     (doc / "copyright").write_text("This package was debianized in 1998.\nCopyright: JM Project\n", encoding="utf-8")
     assert copyright_licences(tmp_path, "old-doc") == (
         "see usr/share/doc/old-doc/copyright (free-form, no License field)", ())
+
+
+def _paragraph(n: int, k: int) -> str:
+    return f"Paragraph {k} of section number {n} explains one administration task in plain words."
+
+
+def test_many_nested_handbook_sections_keep_their_own_paragraphs(tmp_path):
+    # sections were keyed by id() of lxml element proxies, which lxml makes on demand: a freed proxy's id was
+    # reused by the next container's, so sections merged at random (71-73 of 96 on a real handbook page)
+    body = "".join(
+        f'<div class="section"><div class="titlepage"><div><div><h{2 + n % 3} class="title"><a id="s{n}"></a>'
+        f'Heading number {n}</h{2 + n % 3}></div></div></div>'
+        + "".join(f'<div class="para">{_paragraph(n, k)}</div>' for k in range(2))
+        + (f'<div class="section"><div class="titlepage"><div><div><h4 class="title"><a id="s{n}.inner"></a>'
+           f'Inner heading {n}</h4></div></div></div><div class="para">{_paragraph(1000 + n, 0)}</div></div>')
+        + "</div>" for n in range(40))
+    page = tmp_path / "chapter.html"
+    page.write_text('<html><head><title>T</title></head><body><div class="chapter"><div class="titlepage"><div><div>'
+                    f'<h1 class="title"><a id="top"></a>Top</h1></div></div></div>{body}</div></body></html>',
+                    encoding="utf-8")
+    for _ in range(3):  # the same result every time
+        doc = handbook.parse_file(page, "en")
+        assert len(doc.sections) == 80
+        for section in doc.sections:
+            n = section.key.split(".")[0][1:]
+            number = 1000 + int(n) if section.key.endswith(".inner") else int(n)
+            assert section.paragraphs and all(f"section number {number} " in p for p in section.paragraphs), \
+                section.key
+
+
+def test_many_mallard_sections_keep_their_own_paragraphs(tmp_path):
+    sections = "".join(f'<section id="s{n}"><title>Heading number {n}</title><p>{_paragraph(n, 0)}</p>'
+                       f'<p>{_paragraph(n, 1)}</p></section>' for n in range(60))
+    page = tmp_path / "page.page"
+    page.write_text('<?xml version="1.0" encoding="utf-8"?>\n<page xmlns="http://projectmallard.org/1.0/" '
+                    f'type="topic" id="p"><title>Title</title>{sections}</page>', encoding="utf-8")
+    doc = mallard.parse_page(page, "en", "p")
+    assert [s.key for s in doc.sections] == [f"s{n}" for n in range(60)]
+    for n, section in enumerate(doc.sections):
+        assert section.paragraphs == [_paragraph(n, 0), _paragraph(n, 1)]
