@@ -393,26 +393,27 @@ class Pipeline:
         report = run_evaluation(data, tokenizer, trm, reranker, untrained, split="test",
                                 rerank_top_k=self.config.rerank_top_k, dims=info.get("matryoshka_dims", []),
                                 out_dir=directory, progress=lambda m: self.log(f"[evaluate] {m}"))
-        heldout = {}
+        heldout, heldout_sets = {}, {}
         for name, path in self.records["data"]["outputs"].get("heldout", {}).items():
             # a domain no training stage saw: γ tuned on its own dev split, no untrained/Matryoshka rows
-            data = read_beir(path, splits=("test", "dev"), required=("test",))
+            heldout_sets[name] = read_beir(path, splits=("test", "dev"), required=("test",))
             out_dir = directory / "heldout" / name.replace("/", "__")
-            run_evaluation(data, tokenizer, trm, reranker, split="test", rerank_top_k=self.config.rerank_top_k,
-                           out_dir=out_dir, progress=lambda m, n=name: self.log(f"[evaluate {n}] {m}"))
+            run_evaluation(heldout_sets[name], tokenizer, trm, reranker, split="test",
+                           rerank_top_k=self.config.rerank_top_k, out_dir=out_dir,
+                           progress=lambda m, n=name: self.log(f"[evaluate {n}] {m}"))
             heldout[name] = str(out_dir / "results.json")
-        mlm = self._mlm_accuracy(data, directory / "mlm_accuracy.json")
+        mlm = self._mlm_accuracy(data, heldout_sets, directory / "mlm_accuracy.json")
         return {"results_json": str(directory / "results.json"), "results_md": str(directory / "results.md"),
                 "matryoshka_png": str(directory / "matryoshka.png"), "gamma": report.get("gamma"),
                 "heldout": heldout, "mlm_accuracy": str(mlm)}
 
-    def _mlm_accuracy(self, indomain: BeirData, path: Path) -> Path:
+    def _mlm_accuracy(self, indomain: BeirData, heldout: dict[str, BeirData], path: Path) -> Path:
         """Masked-token accuracy of both MLM stages on text no stage trained on: the in-domain test queries and
         their relevant documents, and the documents of each held-out-domain monolingual set."""
         texts = {"in-domain": unseen_texts(indomain)}
-        for name, beir_dir in self.records["data"]["outputs"].get("heldout", {}).items():
+        for name, data in heldout.items():
             if "/mono-" in name:
-                texts[name] = [doc_text(doc) for doc in read_beir(beir_dir, splits=("test",)).corpus.values()]
+                texts[name] = [doc_text(doc) for doc in data.corpus.values()]
         tokenizer = load_tokenizer(self.out("tokenizer", "dir"))
         scores: dict[str, dict] = {}
         for stage in ("mlm_stage1", "mlm_stage2"):

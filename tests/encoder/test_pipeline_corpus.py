@@ -25,6 +25,7 @@ from encoder.config import ModelConfig, load_config  # noqa: E402
 from encoder.evaluate import run_evaluation  # noqa: E402
 from encoder.heads import TextRepresentationModel  # noqa: E402
 from encoder.metrics import random_metrics  # noqa: E402
+from encoder.mlm_eval import unseen_texts  # noqa: E402
 from encoder.pipeline import Pipeline, PipelineConfig  # noqa: E402
 from encoder.report import heldout_section  # noqa: E402
 
@@ -104,3 +105,39 @@ def test_heldout_report_section_shows_every_set_beside_bm25_and_random(corpus_pi
     saved = json.loads(Path(paths["debian-handbook/mono-en"]).read_text())
     assert f"| {saved['results']['bm25']['all']['ndcg@10']:.3f} |" in rows[[r.split(" |")[0] for r in rows].index(
         "| debian-handbook/mono-en")]
+
+
+def test_evaluate_scores_every_heldout_set_and_mlm_accuracy_on_the_in_domain_units(corpus_pipeline, tmp_path,
+                                                                                  monkeypatch):
+    """The evaluate stage's wiring (models and scoring stubbed: their maths is tested on its own): each held-out
+    set is evaluated once, and the MLM's "in-domain" text is the in-domain eval's, not the last held-out set's."""
+    data_outputs = corpus_pipeline.run(only=("data",))["data"]["outputs"]
+    evaluated, scored = [], {}
+
+    def fake_run_evaluation(data, *args, out_dir=None, **kwargs):
+        evaluated.append(data)
+        return {"gamma": 0.5}
+
+    def fake_accuracy(model, tokenizer, texts):
+        scored.setdefault(model, []).append(list(texts))
+        return {"accuracy": 0.5, "loss": 1.0, "masked": 1, "texts": len(texts)}
+
+    class FakeTRM:
+        config = ModelConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+
+    monkeypatch.setattr(pipeline_module, "load_final", lambda path: (FakeTRM(), None, {"special_token_ids": [0]}))
+    monkeypatch.setattr(pipeline_module, "run_evaluation", fake_run_evaluation)
+    monkeypatch.setattr(pipeline_module, "load_tokenizer", lambda path: None)
+    monkeypatch.setattr(pipeline_module, "load_mlm", lambda run_dir: run_dir)
+    monkeypatch.setattr(pipeline_module, "mlm_accuracy", fake_accuracy)
+    for stage in ("tokenizer", "trm_ft", "reranker", "mlm_stage1", "mlm_stage2"):
+        corpus_pipeline.records[stage] = {"outputs": {"dir": "tok", "final": "final", "run_dir": stage}}
+    (tmp_path / "evaluate").mkdir()  # the pipeline makes a stage's directory before running it
+    outputs = corpus_pipeline.stage_evaluate(tmp_path / "evaluate")
+    indomain = read_beir(data_outputs["beir"], splits=("test", "dev"), required=("test",))
+    assert len(evaluated) == 1 + len(data_outputs["heldout"]) and evaluated[0].corpus == indomain.corpus
+    assert set(outputs["heldout"]) == set(data_outputs["heldout"])
+    for stage in ("mlm_stage1", "mlm_stage2"):
+        assert scored[stage][0] == unseen_texts(indomain)  # the first text set scored is the in-domain one
+    saved = json.loads(Path(outputs["mlm_accuracy"]).read_text())
+    assert list(saved)[0] == "in-domain" and all("/mono-" in name for name in list(saved)[1:])
