@@ -10,7 +10,7 @@ undecodable bytes with `surrogateescape`) become U+FFFD. A non-string (None) is 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -111,16 +111,21 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _run_batches(model: torch.nn.Module, sequences: list[list[int]], batch_tokens: int, fn) -> None:
-    """Call `fn(indices, output)` for every length-sorted packed batch, in eval mode without grad."""
+def _packed(sequences: list[list[int]]) -> UnpaddedBatch:
+    return UnpaddedBatch.from_packed(*pack(sequences))
+
+
+def run_batches(model: torch.nn.Module, sequences: list[list[int]], batch_tokens: int, fn,
+                collate: Callable[[list[list[int]]], UnpaddedBatch] = _packed) -> None:
+    """Call `fn(indices, output)` for every length-sorted batch (`collate` packs it; e.g. an MLM collator adds
+    masked labels), in eval mode without grad; the model's mode is restored after."""
     was_training = model.training
     model.eval()
     device = _device_of(model)
     try:
         with torch.inference_mode():
             for indices in length_batches([len(s) for s in sequences], batch_tokens):
-                input_ids, lengths = pack([sequences[i] for i in indices])
-                fn(indices, model(UnpaddedBatch.from_packed(input_ids.to(device), lengths)))
+                fn(indices, model(collate([sequences[i] for i in indices]).to(device)))
     finally:
         model.train(was_training)
 
@@ -150,7 +155,7 @@ def encode(model: TextRepresentationModel, tokenizer, texts: Sequence[str], *, d
         if sparse:
             parts.append((rows, out.sparse))
 
-    _run_batches(model, sequences, batch_tokens, collect)
+    run_batches(model, sequences, batch_tokens, collect)
     sparse_emb = _merge_sparse(parts, n) if sparse else None
     ids = sparse_emb.to_dicts() if sparse_emb is not None and sparse_format in ("ids", "both") else None
     tokens = (_decode_dicts(sparse_emb.to_dicts(), tokenizer)
@@ -193,7 +198,7 @@ def score_pairs(model: Reranker, tokenizer, pairs: Sequence[tuple[str, str]], *,
     def collect(indices: list[int], logits: Tensor) -> None:
         scores[torch.tensor(indices)] = logits.float().cpu()
 
-    _run_batches(model, sequences, batch_tokens, collect)
+    run_batches(model, sequences, batch_tokens, collect)
     return scores
 
 

@@ -10,48 +10,37 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-
 from data_prep.beir import BeirData
 from data_prep.tokenizer import special_ids
 
 from .evaluate import doc_text
 from .heads import MaskedLM
-from .inference import tokenize_texts
+from .inference import run_batches, tokenize_texts
 from .mlm_data import MLMCollator
 
 EVAL_MASK_PROBABILITY = 0.15  # BERT's rate: comparable across runs whatever the training rate was
 
 
-@torch.inference_mode()
 def mlm_accuracy(model: MaskedLM, tokenizer, texts: Sequence[str], max_length: int = 512,
                  mlm_probability: float = EVAL_MASK_PROBABILITY, seed: int = 0,
                  batch_tokens: int = 16384) -> dict[str, float]:
-    """Accuracy and mean cross-entropy over the masked tokens of `texts` (each cut to `max_length` tokens)."""
+    """Accuracy and mean cross-entropy over the masked tokens of `texts` (each cut to `max_length` tokens),
+    in length-sorted batches of at most `batch_tokens` (the masked positions follow that order and `seed`)."""
     if not texts:
         raise ValueError("texts: no text to score")
     sequences, _ = tokenize_texts(tokenizer, texts, max_length)
     collate = MLMCollator(special_ids(tokenizer), mlm_probability=mlm_probability, seed=seed)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    correct, masked, loss_sum = 0, 0, 0.0
-    start = 0
-    try:
-        while start < len(sequences):
-            end, tokens = start, 0
-            while end < len(sequences) and (end == start or tokens + len(sequences[end]) <= batch_tokens):
-                tokens += len(sequences[end])
-                end += 1
-            out = model(collate(sequences[start:end]).to(device))
-            correct += int(out.num_correct)
-            masked += out.num_masked
-            loss_sum += float(out.loss) * out.num_masked
-            start = end
-    finally:
-        model.train(was_training)
-    return {"accuracy": correct / masked if masked else float("nan"),
-            "loss": loss_sum / masked if masked else float("nan"), "masked": masked, "texts": len(texts)}
+    totals = {"correct": 0, "masked": 0, "loss": 0.0}
+
+    def add(_, out) -> None:
+        totals["correct"] += int(out.num_correct)
+        totals["masked"] += out.num_masked
+        totals["loss"] += float(out.loss) * out.num_masked
+
+    run_batches(model, sequences, batch_tokens, add, collate=collate)
+    masked = totals["masked"]
+    return {"accuracy": totals["correct"] / masked if masked else float("nan"),
+            "loss": totals["loss"] / masked if masked else float("nan"), "masked": masked, "texts": len(texts)}
 
 
 def unseen_texts(data: BeirData, split: str = "test") -> list[str]:
