@@ -29,8 +29,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from live_report import LiveReport  # noqa: E402
 
+from encoder.evaluate import RERANK_MARGIN as MARGIN  # noqa: E402
+
 SYSTEMS = ("random", "bm25", "dense", "sparse", "hybrid")
-MARGIN = 0.005  # as encoder.evaluate.RERANK_MARGIN
 DENSE_OVER_RANDOM = 0.1
 
 
@@ -87,8 +88,7 @@ def checks(rows: list[dict], longdoc: dict) -> dict[str, str]:
     def compare(a: float | None, b: float | None, holds, text: str) -> str:
         return verdict(None if a is None or b is None else holds(a, b), text.format(a=a or 0.0, b=b or 0.0))
 
-    first = _mean(rerank_rows, "hybrid") if rerank_rows and rerank_rows[0]["rerank_first_stage"] == "hybrid" \
-        else _mean(rerank_rows, "dense")
+    first = _mean(rerank_rows, rerank_rows[0]["rerank_first_stage"]) if rerank_rows else None
     reranked = _mean(rerank_rows, "reranked")
     return {
         "heldout_mono_hybrid_ge_bm25": compare(_mean(mono, "hybrid"), _mean(mono, "bm25"), lambda a, b: a >= b,
