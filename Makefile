@@ -1,7 +1,7 @@
 # Common commands. Each target sets up .venv (pinned) on first use.
 PY := .venv/bin/python
 
-.PHONY: setup test test-fast demo demo-heldout quality lint bench-kernels gpu-check clean
+.PHONY: setup test test-fast demo demo-heldout small quality lint bench-kernels gpu-check clean
 setup:
 	@bash scripts/setup_env.sh
 
@@ -17,7 +17,10 @@ demo: setup           ## the main job at toy scale on the embedded data
 demo-heldout: setup   ## the demo plus a held-out domain (Debian handbook, fetched with apt-get download)
 	$(PY) -m encoder.pipeline --config configs/pipeline_demo_heldout.yaml
 
-quality: setup        ## the quality table and checks of finished runs (RUNS="runs/demo runs/demo-heldout")
+small: setup          ## the largest CPU run: 12 languages of real documentation, a 4-layer model (< 2 h on 2 cores)
+	$(PY) -m encoder.pipeline --config configs/pipeline_small.yaml
+
+quality: setup        ## the quality table and checks of finished runs (RUNS="runs/demo runs/small")
 	$(PY) bench/quality.py $(or $(RUNS),runs/demo)
 
 lint: setup

@@ -290,6 +290,40 @@ def read_longdoc_set(directory: str | Path) -> LongDocSet:
     return LongDocSet(next(iter(needles.values())).length_bucket, beir, needles)
 
 
+def heldout_longdoc_set(directory: str | Path, tokenizer, split: str = "test",
+                        buckets: Sequence[int] = (1024, 2048, 4096, 8192, 16384, 32768)) -> LongDocSet:
+    """A held-out domain's long-page set (data_prep.heldout.longdoc_set: whole pages, a section heading asks for
+    the page holding that section) as a `LongDocSet`, so the needle evaluation breaks it down like the built
+    sets: each page's token count (this run's tokenizer, specials included) rounded up to a bucket, the section's
+    relative position rounded to a quarter, and the token offset where the section starts (> 511: a 512-token
+    truncation cannot see it). Pages longer than the last bucket are in the last bucket."""
+    directory = Path(directory)
+    beir = read_beir(directory, splits=(split,), required=(split,))
+    queries = beir.qrels[split]
+    encoded: dict[str, list] = {}
+    needles = {}
+    for line, row in read_jsonl(directory / "needles.jsonl"):
+        if row["query_id"] not in queries:
+            continue
+        doc_id = row["doc_id"]
+        if doc_id not in beir.corpus:
+            raise DataError(f"{directory / 'needles.jsonl'}:{line}: document {doc_id!r} is not in corpus.jsonl")
+        if doc_id not in encoded:
+            encoded[doc_id] = tokenizer(beir.corpus[doc_id]["text"], return_offsets_mapping=True)["offset_mapping"]
+        spans = encoded[doc_id]
+        start = next((i for i, (s, e) in enumerate(spans) if e > s and e > row["char_start"]), len(spans))
+        end = next((i for i, (s, e) in enumerate(spans) if e > s and s >= row["char_end"]), len(spans))
+        needles[row["query_id"]] = Needle(
+            query_id=row["query_id"], doc_id=doc_id, unit_id=row["section_key"],
+            length_bucket=next((b for b in buckets if b >= len(spans)), buckets[-1]), doc_tokens=len(spans),
+            position=round(row["relative_position"] * 4) / 4, relative_position=row["relative_position"],
+            token_offset=start, needle_tokens=max(0, end - start), doc_lang=row["lang"], query_lang=row["lang"])
+    if not needles:
+        raise DataError(f"{directory}: no needle of the {split} split")
+    beir = BeirData(beir.corpus, {q: beir.queries[q] for q in needles}, {"test": {q: queries[q] for q in needles}})
+    return LongDocSet(max(n.length_bucket for n in needles.values()), beir, needles)
+
+
 # ---- training pairs --------------------------------------------------------------------------------------------
 def pair_needle_candidates(units: dict[str, Unit]) -> list[str]:
     """Train units that may be the needle of a training pair; half of them at most are used (the rest fill)."""

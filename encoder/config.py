@@ -43,6 +43,10 @@ class ModelConfig:
     rope_impl: str = "auto"  # torch or triton (fused kernel); auto = triton on CUDA when importable
     glu_impl: str = "auto"  # the GLU activation*up product: torch or triton (fused fwd/bwd kernel); auto as above
     gradient_checkpointing: bool = False
+    # the TRM's dense embedding: "cls" (mGTE, BERT) or "mean" over every token of the sequence, specials included
+    # (sentence-transformers' mean pooling). Small models trained briefly generalise better with mean: see
+    # configs/pipeline_small.yaml for the measurement
+    pooling: str = "cls"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -74,6 +78,8 @@ class ModelConfig:
             raise ValueError(f"model.hidden_dropout: must be in [0, 1), got {self.hidden_dropout}")
         if self.type_vocab_size < 0:
             raise ValueError(f"model.type_vocab_size: must be >= 0, got {self.type_vocab_size}")
+        if self.pooling not in ("cls", "mean"):
+            raise ValueError(f"model.pooling: expected cls or mean, got {self.pooling!r}")
         for name in ("rope_impl", "glu_impl"):
             if getattr(self, name) not in ("auto", "torch", "triton"):
                 raise ValueError(f"model.{name}: expected auto, torch or triton, got {getattr(self, name)!r}")

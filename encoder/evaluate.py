@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -164,12 +165,21 @@ def rerank_run(reranker: Reranker, tokenizer, data: BeirData, first_stage: Run, 
             for q, docs in first_stage.items()}
 
 
+def rerank_sample(query_ids: Sequence[str], size: int, seed: int = 0) -> list[str]:
+    """Every query (`size` 0 or at least their number), else a fixed random sample of `size`, in id order."""
+    if size <= 0 or size >= len(query_ids):
+        return list(query_ids)
+    return sorted(random.Random(seed).sample(sorted(query_ids), size))
+
+
 FIRST_STAGE = "hybrid"  # the candidates the reranker re-orders: the best single first stage by design
 RERANK_MARGIN = 0.005  # nDCG@10 a reranker must add over its first stage to be called better
 
 
-def reranker_verdict(first_stage: float, reranked: float, top_k: int) -> dict[str, Any]:
-    """First-stage vs reranked nDCG@10, and a sentence that calls the reranker better only when it is."""
+def reranker_verdict(first_stage: float, reranked: float, top_k: int, queries: int | None = None) -> dict[str, Any]:
+    """First-stage vs reranked nDCG@10 (over the same queries), and a sentence that calls the reranker better
+    only when it is."""
+    sample = f"; {queries} sampled queries" if queries else ""
     delta = reranked - first_stage
     if delta > RERANK_MARGIN:
         word = "improves"
@@ -178,7 +188,7 @@ def reranker_verdict(first_stage: float, reranked: float, top_k: int) -> dict[st
     else:
         word = "does not change"
     text = (f"the reranker {word} its first stage: {FIRST_STAGE} top-{top_k} nDCG@10 {first_stage:.3f} -> "
-            f"{reranked:.3f} ({delta:+.3f})")
+            f"{reranked:.3f} ({delta:+.3f}{sample})")
     return {"first_stage": FIRST_STAGE, "first_stage_ndcg@10": round(first_stage, 4),
             "reranked_ndcg@10": round(reranked, 4), "improves": word == "improves", "text": text}
 
@@ -272,8 +282,14 @@ def run_evaluation(data: BeirData, tokenizer, trm: TextRepresentationModel | Non
                    reranker: Reranker | None = None, untrained: TextRepresentationModel | None = None,
                    split: str = "test", rerank_top_k: int = 100, gamma: float = 0.5, max_length: int | None = None,
                    dims: Sequence[int] = (), bm25: bool = True, out_dir: Path | None = None,
-                   progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every system on one split; writes results.json / results.md / matryoshka.png when `out_dir` is given."""
+                   progress: Callable[[str], None] = print, rerank_queries: int = 0,
+                   rerank_max_length: int | None = None) -> dict[str, Any]:
+    """Every system on one split; writes results.json / results.md / matryoshka.png when `out_dir` is given.
+
+    `rerank_queries` > 0 reranks a fixed random sample of that many test queries (a cross-encoder costs top-k
+    forward passes per query); the reranked row and the verdict's first-stage figure are then both over that
+    sample, so they compare like with like. `rerank_max_length` caps each query-document pair of the reranker
+    (default: `max_length`)."""
     qrels = data.qrels[split]
     query_ids = sorted(qrels)
     groups = query_groups(data, query_ids)
@@ -296,12 +312,18 @@ def run_evaluation(data: BeirData, tokenizer, trm: TextRepresentationModel | Non
         if dims:
             curves[label or "trained"] = result["matryoshka_ndcg@10"]
         if model is trm and reranker is not None:
-            progress(f"reranking the {FIRST_STAGE} top-{rerank_top_k}")
-            reranked = rerank_run(reranker, tokenizer, data, result["runs"][FIRST_STAGE], rerank_top_k, max_length)
-            table[f"{FIRST_STAGE} + rerank@{rerank_top_k}"] = grouped_metrics(reranked, qrels, groups)
-            report["reranker_verdict"] = reranker_verdict(table[FIRST_STAGE]["all"]["ndcg@10"],
-                                                          table[f"{FIRST_STAGE} + rerank@{rerank_top_k}"]["all"][
-                                                              "ndcg@10"], rerank_top_k)
+            sample = rerank_sample(query_ids, rerank_queries)
+            progress(f"reranking the {FIRST_STAGE} top-{rerank_top_k} of {len(sample)} queries")
+            first_stage = {q: result["runs"][FIRST_STAGE][q] for q in sample}
+            reranked = rerank_run(reranker, tokenizer, data, first_stage, rerank_top_k,
+                                  rerank_max_length or max_length)
+            sample_groups = {name: [q for q in ids if q in first_stage] for name, ids in groups.items()}
+            row = f"{FIRST_STAGE} + rerank@{rerank_top_k}"
+            table[row] = grouped_metrics(reranked, qrels, {k: v for k, v in sample_groups.items() if v})
+            report["reranker_verdict"] = reranker_verdict(
+                mean_metrics(first_stage, qrels, sample)["ndcg@10"], table[row]["all"]["ndcg@10"], rerank_top_k,
+                len(sample) if len(sample) < len(query_ids) else None)
+            report["reranker_verdict"]["queries"] = len(sample)
             progress(report["reranker_verdict"]["text"])
     if bm25:
         table["bm25"] = grouped_metrics(bm25_run(data, tokenizer, query_ids), qrels, groups)

@@ -1,7 +1,7 @@
 """Task heads on top of the packed encoder output, and the three task models.
 
 - `MLMHead`: BERT transform + tied decoder, evaluated **only on masked positions** (never `[T, vocab]`).
-- `TRMHead`: dense = L2-normalised CLS state with Matryoshka truncation; sparse = per-token ReLU(linear)
+- `TRMHead`: dense = L2-normalised CLS (or mean) state with Matryoshka truncation; sparse = per-token ReLU(linear)
   weights kept as `(sequence, token id, weight)` triples, max-reduced over repeated ids, specials dropped.
 - `RerankerHead`: one logit from the CLS state (optionally through the BERT tanh pooler, as released).
 """
@@ -109,9 +109,9 @@ def sparse_scores(queries: SparseEmbedding, docs: SparseEmbedding) -> Tensor:
 
 @dataclass
 class TRMOutput:
-    dense: Tensor  # [B, D] L2-normalised CLS embedding (full width; truncate with `dense_at`)
+    dense: Tensor  # [B, D] L2-normalised pooled embedding (full width; truncate with `dense_at`)
     sparse: SparseEmbedding
-    cls_hidden: Tensor  # [B, H] before normalisation
+    cls_hidden: Tensor  # [B, H] the pooled state before normalisation (CLS or mean: model.pooling)
 
     def dense_at(self, dim: int) -> Tensor:
         """Matryoshka: the first `dim` dimensions, re-normalised."""
@@ -129,6 +129,7 @@ class TRMHead(nn.Module):
         nn.init.normal_(self.sparse_linear.weight, std=config.initializer_range)
         nn.init.ones_(self.sparse_linear.bias)
         self.vocab_size = config.vocab_size
+        self.pooling = config.pooling
         self.special_ids = tuple(sorted(set(special_token_ids)))
         self.reset_special_token_ids()
 
@@ -155,9 +156,19 @@ class TRMHead(nn.Module):
         return SparseEmbedding(seq[first], tok[first], reduced, batch.num_sequences)
 
     def forward(self, hidden: Tensor, batch: UnpaddedBatch) -> TRMOutput:
-        cls_hidden = hidden[batch.first_token_index]  # [B, H]
-        dense = F.normalize(cls_hidden.float(), dim=-1)
-        return TRMOutput(dense=dense, sparse=self.sparse_weights(hidden, batch), cls_hidden=cls_hidden)
+        pooled = pool(hidden, batch, self.pooling)  # [B, H]
+        dense = F.normalize(pooled.float(), dim=-1)
+        return TRMOutput(dense=dense, sparse=self.sparse_weights(hidden, batch), cls_hidden=pooled)
+
+
+def pool(hidden: Tensor, batch: UnpaddedBatch, mode: str) -> Tensor:
+    """Packed states `[T, H]` -> one state per sequence `[B, H]`: its first token ("cls") or the mean of all
+    its tokens ("mean", the same average sentence-transformers' Pooling takes over the attention mask)."""
+    if mode == "cls":
+        return hidden[batch.first_token_index]
+    sums = hidden.new_zeros(batch.num_sequences, hidden.shape[-1]).index_add_(0, batch.sequence_index, hidden)
+    lengths = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).to(hidden.dtype)
+    return sums / lengths[:, None]
 
 
 def dense_scores(queries: Tensor, docs: Tensor) -> Tensor:

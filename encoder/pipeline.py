@@ -43,12 +43,13 @@ from data_prep.files import write_json
 from data_prep.longdoc import (
     build_longdoc_sets,
     check_longdoc_set,
+    heldout_longdoc_set,
     load_units,
     long_training_pairs,
     pair_needle_candidates,
     write_longdoc_sets,
 )
-from data_prep.pairs import write_pairs
+from data_prep.pairs import read_pairs, write_pairs
 from data_prep.tokenizer import load_tokenizer, save_hf_tokenizer, special_ids, train_tokenizer_from_files
 
 from . import train_contrastive, train_mlm, train_reranker
@@ -111,6 +112,9 @@ class PipelineConfig:
     data: DataSettings = config_field(DataSettings)
     tokenizer: TokenizerSettings = config_field(TokenizerSettings)
     shard_max_length: int = 8192
+    # model.* overrides for every training stage, before each stage's own (e.g. [model.hidden_size=256]): one
+    # place to size the model of a whole run
+    model_overrides: list[str] = field(default_factory=list)
     mlm_stage1: StageConfig = config_field(StageConfig)
     mlm_stage2: StageConfig = config_field(StageConfig)
     trm_cpt: StageConfig = config_field(StageConfig)
@@ -121,7 +125,15 @@ class PipelineConfig:
     long_pairs_per_length: int = 32
     long_pair_query_mode: str = "same"  # same | translation (as longdoc_overrides' query_mode)
     reranker: StageConfig = config_field(StageConfig)
+    # the reranker's starting encoder: "mlm" (mlm_stage2, as mGTE) or "trm" (the fine-tuned TRM, which has
+    # already learnt what matches a query; measured per preset: see configs/pipeline_tiny.yaml)
+    reranker_init: str = "mlm"
     rerank_top_k: int = 20
+    # which held-out-domain sets the reranker re-orders: all, mono (one language; the cross-lingual sets get the
+    # first stages only: reranking is most of an evaluation's cost) or none
+    heldout_rerank: str = "all"
+    heldout_rerank_queries: int = 0  # > 0: rerank a fixed random sample of that many test queries per held-out set
+    rerank_max_length: int = 0  # tokens of each query-document pair the reranker reads in evaluation; 0 = the model's
     longdoc: bool = True  # long-document needle evaluation (what 8192 tokens buy over 512)
     longdoc_overrides: list[str] = field(default_factory=list)
 
@@ -188,7 +200,9 @@ class Pipeline:
 
     def _settings(self, name: str) -> Any:
         settings = {"data": asdict(self.config.data), "tokenizer": asdict(self.config.tokenizer),
-                    "shards": self.config.shard_max_length, "evaluate": self.config.rerank_top_k,
+                    "shards": self.config.shard_max_length,
+                    "evaluate": [self.config.rerank_top_k, self.config.heldout_rerank,
+                                 self.config.heldout_rerank_queries, self.config.rerank_max_length],
                     "longdoc": self.config.longdoc_overrides,
                     "trm_ft": [asdict(self.config.trm_ft), self.config.long_pair_lengths,
                                self.config.long_pairs_per_length, self.config.long_pair_query_mode]}.get(name)
@@ -198,6 +212,8 @@ class Pipeline:
         if isinstance(stage, StageConfig) and stage.config:
             # the preset's resolved contents (with its `base:` chain): editing the YAML re-runs the stage
             settings = [settings, read_yaml(stage.config)]
+        if name in RUN_CONFIGS and self.config.model_overrides:
+            settings = [settings, self.config.model_overrides]
         return settings
 
     def _stage(self, name: str) -> Stage:
@@ -278,12 +294,15 @@ class Pipeline:
             units = str(build_embedded(Path(settings.cache_dir) / "embedded", size=built["embedded_size"],
                                        seed=built["seed"], use_udhr=built["use_udhr"]).root)
         heldout = {name: str(path) for name, path in corpus.heldout.items() if not name.endswith("/longdoc")}
+        heldout_longdoc = {name: str(path) for name, path in corpus.heldout.items() if name.endswith("/longdoc")}
         self.log(f"[pipeline] corpus {settings.corpus}: {len(corpus.mlm_files)} languages, "
                  f"{manifest['beir'].get('queries', '?')} in-domain eval queries, held-out sets "
                  f"{', '.join(heldout) or 'none'}; leak check: {manifest['leakage_check']}")
         return {"root": str(corpus.root), "mlm": {k: str(v) for k, v in corpus.mlm_files.items()},
                 "pairs": str(corpus.pairs), "cpt_pairs": str(corpus.cpt_pairs or ""), "beir": str(corpus.beir),
-                "heldout": heldout, "units": units, "source": f"corpus {settings.corpus}",
+                "long_pairs": str(corpus.long_pairs or ""),
+                "heldout": heldout, "heldout_longdoc": heldout_longdoc, "units": units,
+                "source": f"corpus {settings.corpus}",
                 "languages": len(corpus.mlm_files), "manifest": str(corpus.root / "manifest.json")}
 
     def stage_tokenizer(self, directory: Path) -> dict:
@@ -306,7 +325,7 @@ class Pipeline:
         return {"dir": str(directory / "out"), "tokens": tokens}
 
     def _model_overrides(self) -> list[str]:
-        return [f"model.vocab_size={self.out('tokenizer', 'padded_vocab_size')}"]
+        return [*self.config.model_overrides, f"model.vocab_size={self.out('tokenizer', 'padded_vocab_size')}"]
 
     def stage_mlm_stage1(self, directory: Path) -> dict:
         return self._train_mlm(self.config.mlm_stage1, directory, init_from=None)
@@ -350,21 +369,28 @@ class Pipeline:
         return {**self._train_trm(stage, directory, init_from=cpt, negatives_from=cpt), "long_pairs": long_pairs}
 
     def _long_pairs(self, directory: Path) -> str:
-        """Long-document training pairs from the embedded units ("" when off or there are none)."""
-        if not self.config.long_pair_lengths or not self._units_root():
+        """Long-document training pairs ("" when off or there are none): built from the embedded units, plus a
+        corpus build's own (a section heading -> the whole real page that holds it)."""
+        if not self.config.long_pair_lengths:
+            return ""
+        corpus_pairs = self.records["data"]["outputs"].get("long_pairs", "")
+        if not self._units_root() and not corpus_pairs:
             return ""
         path = directory / "long_pairs.jsonl"
         if not path.is_file():  # written atomically, so an existing file is complete
-            units = load_units(self._units_root())
-            lengths = tuple(self.config.long_pair_lengths)
-            per_length = min(self.config.long_pairs_per_length, len(pair_needle_candidates(units)) // 2 // len(lengths))
-            if per_length < self.config.long_pairs_per_length:
-                self.log(f"[pipeline] trm_ft: {per_length} long pairs per length (the data has too few train units "
-                         f"for {self.config.long_pairs_per_length})")
-            write_pairs(long_training_pairs(units, load_tokenizer(self.out("tokenizer", "dir")), lengths=lengths,
-                                            docs_per_length=per_length,
-                                            seed=self.config.data.seed,
-                                            query_mode=self.config.long_pair_query_mode), path)
+            records = read_pairs(corpus_pairs) if corpus_pairs else []
+            if self._units_root():
+                units = load_units(self._units_root())
+                lengths = tuple(self.config.long_pair_lengths)
+                per_length = min(self.config.long_pairs_per_length,
+                                 len(pair_needle_candidates(units)) // 2 // len(lengths))
+                if per_length < self.config.long_pairs_per_length:
+                    self.log(f"[pipeline] trm_ft: {per_length} long pairs per length (the data has too few train "
+                             f"units for {self.config.long_pairs_per_length})")
+                records += long_training_pairs(units, load_tokenizer(self.out("tokenizer", "dir")), lengths=lengths,
+                                               docs_per_length=per_length, seed=self.config.data.seed,
+                                               query_mode=self.config.long_pair_query_mode)
+            write_pairs(records, path)
         return str(path)
 
     def _units_root(self) -> str:
@@ -377,12 +403,15 @@ class Pipeline:
         stage = self.config.reranker
         overrides = [*self._model_overrides(), f"data.pairs={self.out('data', 'pairs')}",
                      f"data.tokenizer={self.out('tokenizer', 'dir')}", f"checkpoint.dir={directory / 'run'}",
-                     f"train.init_from={self.out('mlm_stage2', 'run_dir')}",
+                     f"train.init_from={self._reranker_init()}",
                      f"data.negatives_from={self.out('trm_ft', 'final')}", *stage.overrides]
         summary = train_reranker.train(load_config(train_reranker.RerankerRunConfig, stage.config, overrides),
                                        resume="auto")
         return {"final": summary["final"], "run_dir": str(directory / "run"), "loss": summary.get("loss"),
                 "loss_png": str(directory / "run" / "loss.png")}
+
+    def _reranker_init(self) -> str:
+        return self.out("trm_ft", "final") if self.config.reranker_init == "trm" else self.out("mlm_stage2", "run_dir")
 
     def stage_evaluate(self, directory: Path) -> dict:
         trm, tokenizer, info = load_final(self.out("trm_ft", "final"))
@@ -392,14 +421,18 @@ class Pipeline:
         data = read_beir(self.out("data", "beir"), splits=("test", "dev"), required=("test",))
         report = run_evaluation(data, tokenizer, trm, reranker, untrained, split="test",
                                 rerank_top_k=self.config.rerank_top_k, dims=info.get("matryoshka_dims", []),
+                                rerank_max_length=self.config.rerank_max_length or None,
                                 out_dir=directory, progress=lambda m: self.log(f"[evaluate] {m}"))
         heldout, heldout_sets = {}, {}
         for name, path in self.records["data"]["outputs"].get("heldout", {}).items():
             # a domain no training stage saw: γ tuned on its own dev split, no untrained/Matryoshka rows
             heldout_sets[name] = read_beir(path, splits=("test", "dev"), required=("test",))
             out_dir = directory / "heldout" / name.replace("/", "__")
-            run_evaluation(heldout_sets[name], tokenizer, trm, reranker, split="test",
+            reranks = self.config.heldout_rerank == "all" or (self.config.heldout_rerank == "mono" and "/mono-" in name)
+            run_evaluation(heldout_sets[name], tokenizer, trm, reranker if reranks else None, split="test",
                            rerank_top_k=self.config.rerank_top_k, out_dir=out_dir,
+                           rerank_queries=self.config.heldout_rerank_queries,
+                           rerank_max_length=self.config.rerank_max_length or None,
                            progress=lambda m, n=name: self.log(f"[evaluate {n}] {m}"))
             heldout[name] = str(out_dir / "results.json")
         mlm = self._mlm_accuracy(data, heldout_sets, directory / "mlm_accuracy.json")
@@ -429,24 +462,42 @@ class Pipeline:
         """Needle sets from the run's embedded units and tokenizer, the fine-tuned TRM (and reranker) scored on
         them; `longdoc_overrides` are `LongDocEvalConfig` keys (e.g. lengths=[1024,2048] rerank_top_k=0)."""
         config = load_config(LongDocEvalConfig, None, list(self.config.longdoc_overrides))
-        if not self._units_root():
-            return {"skipped": "long-document sets are built from the embedded data's aligned units"}
-        units = load_units(self._units_root())
         trm, tokenizer, _ = load_final(self.out("trm_ft", "final"))
+        tuned = self.records["evaluate"]["outputs"].get("gamma")
+        gamma = config.gamma if config.gamma >= 0 else (0.5 if tuned is None else tuned)
+        heldout = self._heldout_longdoc(directory / "heldout", trm, tokenizer, gamma)
+        if not self._units_root():
+            return {"skipped": "long-document sets are built from the embedded data's aligned units",
+                    "heldout": heldout}
+        units = load_units(self._units_root())
         sets = build_longdoc_sets(units, tokenizer, config.lengths, queries_per_needle=config.queries_per_needle,
                                   seed=config.seed, query_mode=config.query_mode)
         for data in sets.values():
             check_longdoc_set(data, units)
         write_longdoc_sets(sets, directory / "sets")
         reranker = load_final(self.out("reranker", "final"))[0] if "reranker" in self.records else None
-        tuned = self.records["evaluate"]["outputs"].get("gamma")
-        gamma = config.gamma if config.gamma >= 0 else (0.5 if tuned is None else tuned)
         result = run_longdoc_eval(list(sets.values()), tokenizer, trm, reranker, gamma, config.rerank_top_k,
                                   directory, config.heatmap_systems, progress=lambda m: self.log(f"[longdoc] {m}"),
                                   query_mode=config.query_mode)
         return {"table_md": str(result["table_md"]), "heatmap_png": str(result["heatmap_png"]),
                 "json": str(result["json"]), "sets": str(directory / "sets"), "gamma": gamma,
-                "queries": sum(len(s.needles) for s in sets.values())}
+                "queries": sum(len(s.needles) for s in sets.values()), "heldout": heldout}
+
+    def _heldout_longdoc(self, directory: Path, trm, tokenizer, gamma: float) -> dict[str, dict]:
+        """The held-out domain's whole pages (a section heading asks for the page that holds it): whole vs
+        512-token truncation vs 512-token chunks, by page length and section position; no reranking (pages run
+        to 8192 tokens and beyond, and the cross-encoder's cost grows with each)."""
+        out = {}
+        for name, path in self.records["data"]["outputs"].get("heldout_longdoc", {}).items():
+            data = heldout_longdoc_set(path, tokenizer)
+            result = run_longdoc_eval([data], tokenizer, trm, None, gamma, 0, directory / name.replace("/", "__"),
+                                      progress=lambda m, n=name: self.log(f"[longdoc {n}] {m}"),
+                                      query_mode="a section heading asks for the page that holds the section")
+            out[name] = {"table_md": str(result["table_md"]), "heatmap_png": str(result["heatmap_png"]),
+                         "json": str(result["json"]),
+                         "queries": len(data.needles),
+                         "past512": sum(n.token_offset >= 512 for n in data.needles.values())}
+        return out
 
     def stage_export(self, directory: Path) -> dict:
         results = json.loads(Path(self.out("evaluate", "results_json")).read_text(encoding="utf-8"))["results"]
@@ -470,10 +521,20 @@ class Pipeline:
 def validate_stage_settings(config: PipelineConfig) -> None:
     """Load every trainer stage's preset with its overrides, and the long-document overrides, so a bad value
     is reported (naming the stage and the field) before the first stage runs."""
+    if config.heldout_rerank not in ("all", "mono", "none"):
+        raise ValueError(f"heldout_rerank: expected all, mono or none, got {config.heldout_rerank!r}")
+    for name in ("heldout_rerank_queries", "rerank_max_length"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name}: must be >= 0, got {getattr(config, name)}")
+    if config.reranker_init not in ("mlm", "trm"):
+        raise ValueError(f"reranker_init: expected mlm or trm, got {config.reranker_init!r}")
+    for override in config.model_overrides:
+        if not override.startswith("model."):
+            raise ValueError(f"model_overrides: {override!r} is not a model.* key")
     for name, run_config in RUN_CONFIGS.items():
         stage: StageConfig = getattr(config, name)
         try:
-            load_config(run_config, stage.config or None, list(stage.overrides))
+            load_config(run_config, stage.config or None, [*config.model_overrides, *stage.overrides])
         except (ValueError, FileNotFoundError) as err:
             raise ValueError(f"{name}: {err}") from None
     try:

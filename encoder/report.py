@@ -127,6 +127,13 @@ def write_report(records: dict[str, dict], workdir: Path, directory: Path) -> Pa
             if str(value).endswith(".png") and Path(value).is_file():
                 shutil.copy(value, directory / Path(value).name)
                 figures.append((f"Long documents: {key}", Path(value).name))
+        for name, held in longdoc.get("heldout", {}).items():
+            sections.append(f"### Held-out domain: {name} (whole pages; {held['queries']} test queries, "
+                            f"{held['past512']} of them with the section past token 511)\n\n"
+                            + Path(held["table_md"]).read_text(encoding="utf-8"))
+            png = f"longdoc_{name.replace('/', '__')}.png"
+            shutil.copy(held["heatmap_png"], directory / png)
+            figures.append((f"Long documents, held-out domain {name}", png))
     if figures:
         sections.append("## Plots\n\n" + "\n\n".join(f"**{title}**\n\n![{title}]({name})" for title, name in figures))
     if "export" in records:
@@ -147,13 +154,12 @@ def heldout_section(results_json: dict[str, str]) -> str:
     """One row per held-out-domain set (`<source>/mono-<lang>`: query and corpus in that language;
     `cross-<lang>`: query in that language, corpus in English): nDCG@10 of every system."""
     rows, verdicts = [], []
-    header = None
-    for name, path in sorted(results_json.items()):
-        result = json.loads(Path(path).read_text(encoding="utf-8"))
+    results = {name: json.loads(Path(path).read_text(encoding="utf-8")) for name, path in sorted(results_json.items())}
+    # a set the reranker did not re-order (pipeline heldout_rerank) shows "-" in the reranked column
+    reranked = sorted({k for result in results.values() for k in result["results"] if "rerank" in k})
+    header = ["set", "queries", "docs", *HELDOUT_SYSTEMS, *reranked, "γ"]
+    for name, result in results.items():
         table = result["results"]
-        reranked = [k for k in table if "rerank" in k]
-        if header is None:
-            header = ["set", "queries", "docs", *HELDOUT_SYSTEMS, *reranked, "γ"]
         cells = [f"{table[k]['all']['ndcg@10']:.3f}" if k in table else "-" for k in (*HELDOUT_SYSTEMS, *reranked)]
         rows.append(f"| {name} | {result['queries']} | {result['corpus']} | " + " | ".join(cells)
                     + f" | {result.get('gamma')} |")

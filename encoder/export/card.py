@@ -23,7 +23,7 @@ logits = model(**tokenizer(["Paris is the <mask> of France."], return_tensors="p
 from sentence_transformers import SentenceTransformer, SparseEncoder
 
 dense = SentenceTransformer("{name}", trust_remote_code=True, truncate_dim=None)  # e.g. truncate_dim=256
-embeddings = dense.encode(["query text", "document text"])          # normalised CLS vectors
+embeddings = dense.encode(["query text", "document text"])          # normalised {pooling} vectors
 sparse = SparseEncoder("<local copy of {name}>/sparse", trust_remote_code=True)
 weights = sparse.encode(["query text"])                             # token id -> max ReLU weight
 ```
@@ -58,7 +58,7 @@ def render_card(kind: str, config: ModelConfig, name: str, training_config: dict
     parts = [f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n", f"# {name}\n",
              f"A long-context multilingual BERT-style encoder ({kind}) trained on unpadded packed batches.\n",
              f"**Architecture:** {arch}.\n",
-             "## Usage\n", USAGE[kind].format(name=name) + "\n",
+             "## Usage\n", USAGE[kind].format(name=name, pooling=config.pooling.upper()) + "\n",
              "The modeling code ships with the weights (" + ", ".join(f"`{f}`" for f in code_files) + "): it runs "
              "on packed tokens with the best available attention backend (on GPU: the bundled Triton kernels where a "
              "GPU check has passed on that device, else FlashAttention / xFormers / PyTorch SDPA), and needs "

@@ -133,7 +133,8 @@ def write_sentence_transformers(directory: Path, kind: str, model: TaskModel) ->
         write_json(directory / "sentence_bert_config.json",
                    _transformer_module("feature-extraction", "last_hidden_state", "token_embeddings", max_len))
         write_json(directory / "1_Pooling" / "config.json",
-                   {"embedding_dimension": model.config.hidden_size, "pooling_mode": "cls", "include_prompt": True})
+                   {"embedding_dimension": model.config.hidden_size, "pooling_mode": model.config.pooling,
+                    "include_prompt": True})
         write_json(directory / "2_Normalize" / "config.json",
                    {"module_input_name": "sentence_embedding", "module_output_name": "sentence_embedding"})
         settings = {"model_type": "SentenceTransformer", "prompts": {}, "default_prompt_name": None,

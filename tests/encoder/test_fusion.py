@@ -11,6 +11,7 @@ from encoder.evaluate import (
     collapse_diagnostics,
     hybrid_matrix,
     rank_correlation,
+    rerank_sample,
     reranker_verdict,
     score_matrix,
     search_gamma,
@@ -121,3 +122,11 @@ def test_reranker_verdict_never_calls_a_worse_reranker_better():
     assert not same["improves"] and "does not change" in same["text"]
     better = reranker_verdict(0.60, 0.70, 20)
     assert better["improves"] and better["text"].startswith("the reranker improves")
+
+
+def test_rerank_sample_is_fixed_sorted_and_complete_when_asked_for_everything():
+    ids = [f"q{i:03d}" for i in range(50)]
+    sample = rerank_sample(list(reversed(ids)), 7)
+    assert len(sample) == 7 and sample == sorted(sample) and set(sample) <= set(ids)
+    assert sample == rerank_sample(ids, 7)  # the order the ids come in does not change the sample
+    assert rerank_sample(ids, 0) == ids and rerank_sample(ids, 50) == ids and rerank_sample(ids, 80) == ids

@@ -102,6 +102,23 @@ def test_dense_matryoshka_and_hybrid():
     assert torch.allclose(hybrid, expected)
 
 
+def test_mean_pooling_averages_every_token_of_each_sequence():
+    torch.manual_seed(5)
+    model = TextRepresentationModel(tiny_config(pooling="mean"), special_token_ids=SPECIALS).eval()
+    batch = random_batch([1, 7, 129, 2], model.config.vocab_size, seed=2)
+    with torch.no_grad():
+        hidden = model.encoder(batch)
+        out = model.head(hidden, batch)
+    expected = torch.stack([h.double().mean(0) for h in batch.split(hidden)])
+    assert torch.allclose(out.cls_hidden.double(), expected, atol=1e-6)
+    assert torch.allclose(out.dense.double(), F.normalize(expected, dim=-1), atol=1e-6)
+    assert torch.allclose(out.dense[0], F.normalize(hidden[0], dim=-1), atol=1e-6)  # a 1-token sequence: itself
+    # one sequence alone gives the same embedding as inside the packed batch
+    alone = UnpaddedBatch.from_sequences([batch.split(batch.input_ids)[2].tolist()])
+    with torch.no_grad():
+        assert torch.allclose(model(alone).dense[0], out.dense[2], atol=1e-5)
+
+
 def test_reranker_one_logit_per_pair_independent_of_packing():
     torch.manual_seed(5)
     model = Reranker(tiny_config()).eval()

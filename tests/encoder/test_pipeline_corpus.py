@@ -17,7 +17,10 @@ from doc_fixtures import build_deb, fake_downloader, handbook_page, mallard_page
 
 from data_prep.beir import read_beir  # noqa: E402
 from data_prep.builder import CorpusConfig, build_corpus  # noqa: E402
+from data_prep.files import DataError, read_jsonl  # noqa: E402
 from data_prep.heldout import HeldoutRules  # noqa: E402
+from data_prep.longdoc import heldout_longdoc_set  # noqa: E402
+from data_prep.pairs import read_pairs  # noqa: E402
 from data_prep.tokenizer import special_ids  # noqa: E402
 from data_prep.weakpairs import PairLimits  # noqa: E402
 from encoder import pipeline as pipeline_module  # noqa: E402
@@ -141,3 +144,115 @@ def test_evaluate_scores_every_heldout_set_and_mlm_accuracy_on_the_in_domain_uni
         assert scored[stage][0] == unseen_texts(indomain)  # the first text set scored is the in-domain one
     saved = json.loads(Path(outputs["mlm_accuracy"]).read_text())
     assert list(saved)[0] == "in-domain" and all("/mono-" in name for name in list(saved)[1:])
+
+
+def _tiny_trm(tokenizer, pooling: str = "cls") -> TextRepresentationModel:
+    torch.manual_seed(0)
+    config = replace(ModelConfig(), vocab_size=special_ids(tokenizer).padded_vocab_size, hidden_size=32,
+                     num_layers=1, num_heads=2, intermediate_size=64, pooling=pooling)
+    return TextRepresentationModel(config, tuple(special_ids(tokenizer).all_special)).eval()
+
+
+def test_longdoc_stage_scores_the_heldout_long_pages(corpus_pipeline, tiny_tokenizer, tmp_path):
+    """The held-out domain's whole pages are scored whole / truncated / chunked, each needle placed where its
+    section really starts in the page's tokens."""
+    data = corpus_pipeline.run(only=("data",))["data"]["outputs"]
+    assert list(data["heldout_longdoc"]) == ["debian-handbook/longdoc"]
+    path = data["heldout_longdoc"]["debian-handbook/longdoc"]
+    longdoc = heldout_longdoc_set(path, tiny_tokenizer)
+    test_queries = read_beir(path, splits=("test",)).qrels["test"]
+    assert set(longdoc.needles) == set(test_queries) and set(longdoc.beir.qrels["test"]) == set(test_queries)
+    spans = {row["query_id"]: row for _, row in read_jsonl(Path(path) / "needles.jsonl")}
+    for qid, needle in longdoc.needles.items():
+        text = longdoc.beir.corpus[needle.doc_id]["text"]
+        offsets = tiny_tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+        assert needle.doc_tokens == len(offsets) and needle.length_bucket >= min(len(offsets), 32768)
+        # the needle's first token is the first one that reaches into the section
+        assert offsets[needle.token_offset][1] > spans[qid]["char_start"]
+        assert all(end <= spans[qid]["char_start"] or end == start
+                   for start, end in offsets[1:needle.token_offset])
+        assert needle.position in (0.0, 0.25, 0.5, 0.75, 1.0)
+    corpus_pipeline.records["evaluate"] = {"outputs": {"gamma": 0.5}}
+    out = corpus_pipeline._heldout_longdoc(tmp_path / "heldout", _tiny_trm(tiny_tokenizer), tiny_tokenizer, 0.5)
+    held = out["debian-handbook/longdoc"]
+    rows = json.loads(Path(held["json"]).read_text())["rows"]
+    assert {"whole dense", "trunc512 dense", "chunk512 dense", "bm25"} <= {r["system"] for r in rows}
+    assert held["queries"] == len(test_queries) and Path(held["heatmap_png"]).is_file()
+
+
+def test_heldout_longdoc_needle_outside_the_corpus_names_the_line(corpus_pipeline, tiny_tokenizer):
+    path = Path(corpus_pipeline.run(only=("data",))["data"]["outputs"]["heldout_longdoc"]["debian-handbook/longdoc"])
+    lines = (path / "needles.jsonl").read_text().splitlines()
+    test_queries = read_beir(path, splits=("test",)).qrels["test"]
+    bad = next(i for i, line in enumerate(lines) if json.loads(line)["query_id"] in test_queries)
+    row = json.loads(lines[bad])
+    lines[bad] = json.dumps({**row, "doc_id": "nowhere"})
+    (path / "needles.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"needles.jsonl:{bad + 1}: document 'nowhere'"):
+        heldout_longdoc_set(path, tiny_tokenizer)
+
+
+@pytest.mark.parametrize("mode", ["all", "mono", "none"])
+def test_heldout_rerank_chooses_the_sets_the_reranker_reorders(corpus_pipeline, tmp_path, monkeypatch, mode):
+    data_outputs = corpus_pipeline.run(only=("data",))["data"]["outputs"]
+    rerankers = {}
+
+    def fake_run_evaluation(data, tokenizer, trm, reranker=None, *args, out_dir=None, **kwargs):
+        rerankers[str(out_dir)] = reranker
+        return {"gamma": 0.5}
+
+    class Final(str):
+        config = None
+
+    monkeypatch.setattr(pipeline_module, "load_final", lambda path: (Final(path), None, {"special_token_ids": [0]}))
+    monkeypatch.setattr(pipeline_module, "TextRepresentationModel", lambda *a: torch.nn.Identity())
+    monkeypatch.setattr(pipeline_module, "run_evaluation", fake_run_evaluation)
+    monkeypatch.setattr(pipeline_module.Pipeline, "_mlm_accuracy", lambda self, *a: "mlm.json")
+    for stage in ("tokenizer", "trm_ft", "reranker"):
+        corpus_pipeline.records[stage] = {"outputs": {"dir": "tok", "final": f"{stage}-final"}}
+    corpus_pipeline.config.heldout_rerank = mode
+    (tmp_path / "evaluate").mkdir()
+    corpus_pipeline.stage_evaluate(tmp_path / "evaluate")
+    reranked = {Path(d).name for d, r in rerankers.items() if r == "reranker-final"}
+    names = {n.replace("/", "__") for n in data_outputs["heldout"]}
+    expected = {"all": names, "mono": {n for n in names if "__mono-" in n}, "none": set()}[mode]
+    assert reranked == expected | {"evaluate"}  # the in-domain set is always reranked
+
+
+def test_pipeline_settings_are_checked_before_any_stage(tmp_path):
+    for bad, match in ((["heldout_rerank=some"], "heldout_rerank: expected all, mono or none"),
+                       (["reranker_init=bert"], "reranker_init: expected mlm or trm"),
+                       (["heldout_rerank_queries=-1"], "heldout_rerank_queries: must be >= 0"),
+                       (["rerank_max_length=-2"], "rerank_max_length: must be >= 0"),
+                       (["model_overrides=[train.max_steps=3]"], "model_overrides: 'train.max_steps=3' is not"),
+                       (["model_overrides=[model.pooling=max]"], "model.pooling: expected cls or mean")):
+        with pytest.raises(ValueError, match=match):
+            Pipeline(load_config(PipelineConfig, None, [f"workdir={tmp_path}", *bad]))
+
+
+def test_model_overrides_reach_every_training_stage_and_its_fingerprint(tmp_path):
+    base = load_config(PipelineConfig, None, [f"workdir={tmp_path}"])
+    sized = load_config(PipelineConfig, None, [f"workdir={tmp_path}", "model_overrides=[model.hidden_size=96]"])
+    keys = {}
+    for config in (base, sized):
+        pipe = Pipeline(config, log=lambda _: None)
+        keys[id(config)] = {name: pipe._stage(name).key for name in pipeline_module.STAGES}
+        pipe.records["tokenizer"] = {"outputs": {"padded_vocab_size": 128}}
+        assert pipe._model_overrides()[-1] == "model.vocab_size=128"  # the tokenizer's size always wins
+        pipe.keys.clear()
+    assert keys[id(base)]["tokenizer"] == keys[id(sized)]["tokenizer"]
+    assert keys[id(base)]["mlm_stage1"] != keys[id(sized)]["mlm_stage1"]
+    pipe = Pipeline(sized, log=lambda _: None)
+    pipe.records["tokenizer"] = {"outputs": {"padded_vocab_size": 128}}
+    assert pipe._model_overrides() == ["model.hidden_size=96", "model.vocab_size=128"]
+
+
+def test_corpus_long_pairs_join_the_fine_tuning_long_pairs(corpus_pipeline, tiny_assets, tmp_path):
+    data = corpus_pipeline.run(only=("data",))["data"]["outputs"]
+    corpus_pairs = read_pairs(data["long_pairs"])
+    assert corpus_pairs and all(p.source.endswith(":long") for p in corpus_pairs)
+    corpus_pipeline.records["tokenizer"] = {"outputs": {"dir": str(tiny_assets.tokenizer_dir)}}
+    written = read_pairs(corpus_pipeline._long_pairs(tmp_path))
+    assert written == corpus_pairs  # no embedded units in this corpus: its own long pairs only
+    corpus_pipeline.config.long_pair_lengths = []
+    assert corpus_pipeline._long_pairs(tmp_path / "off") == ""  # [] switches long pairs off

@@ -19,9 +19,10 @@ from data_prep.tokenizer import special_ids
 from encoder.artifacts import load_final
 from encoder.checkpoint import CheckpointManager
 from encoder.config import ModelConfig, load_config
+from encoder.evaluate import evaluate_trm, markdown_table, rerank_sample, run_evaluation
 from encoder.evaluate import main as evaluate_main
-from encoder.evaluate import markdown_table, run_evaluation
 from encoder.heads import MaskedLM, TextRepresentationModel
+from encoder.metrics import mean_metrics
 from encoder.train_contrastive import TRMRunConfig, build_trm
 from encoder.train_contrastive import train as train_trm
 from encoder.train_reranker import RerankerRunConfig
@@ -114,6 +115,22 @@ def test_reranker_verdict_follows_the_measured_figures(pipeline):
     verdict = report["reranker_verdict"]
     assert verdict["improves"] == (reranked > first + 0.005)
     assert f"{first:.3f} -> {reranked:.3f}" in verdict["text"]
+
+
+def test_a_reranked_sample_is_compared_with_its_own_first_stage(pipeline, tiny_assets):
+    trm, tokenizer, _ = load_final(pipeline["trm"]["final"])
+    reranker, _, _ = load_final(pipeline["reranker"]["final"])
+    beir = read_beir(tiny_assets.data.beir)
+    report = run_evaluation(beir, tokenizer, trm, reranker, rerank_top_k=20, bm25=False, rerank_queries=5,
+                            progress=lambda _: None)
+    row, verdict = report["results"]["hybrid + rerank@20"]["all"], report["reranker_verdict"]
+    assert row["queries"] == 5 and verdict["queries"] == 5 and "5 sampled queries" in verdict["text"]
+    assert report["results"]["hybrid"]["all"]["queries"] == report["queries"] > 5
+    # the verdict's first stage is the hybrid over the same 5 queries, not over all of them
+    qrels = beir.qrels["test"]
+    hybrid = evaluate_trm(trm, tokenizer, beir)["runs"]["hybrid"]
+    sample = rerank_sample(sorted(qrels), 5)
+    assert verdict["first_stage_ndcg@10"] == pytest.approx(mean_metrics(hybrid, qrels, sample)["ndcg@10"], abs=1e-4)
 
 
 def test_outputs_written(pipeline):

@@ -108,6 +108,9 @@ with torch.no_grad():
     results["st_dense_dirty"] = attempt(lambda: st.encode(dirty, convert_to_tensor=True))
     results["st_dense_cleaned"] = st.encode(cleaned, convert_to_tensor=True)
     results["st_none"] = attempt(lambda: st.encode(["fine", None]))
+    with stage("trm_mean SentenceTransformer"):  # a TRM that pools by the mean of its tokens
+        st_mean = SentenceTransformer(str(root / "trm_mean"), trust_remote_code=True, device="cpu")
+        results["st_dense_mean"] = st_mean.encode(texts, convert_to_tensor=True)
     with stage("trm SentenceTransformer truncate_dim"):
         st_small = SentenceTransformer(str(trm), trust_remote_code=True, device="cpu", truncate_dim=truncate_dim)
         results["st_dense_truncated"] = st_small.encode(texts, convert_to_tensor=True, normalize_embeddings=True)

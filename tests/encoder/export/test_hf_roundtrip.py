@@ -43,6 +43,8 @@ def exported(tmp_path_factory):
     models = {kind: make_model(kind, config, seed=i, special_ids=tuple(tokenizer.all_special_ids))
               for i, kind in enumerate(("mlm", "trm", "reranker"))}
     weight_every_token_(models["trm"])
+    models["trm_mean"] = make_model("trm", tiny_config(len(tokenizer), pooling="mean"), seed=7,
+                                    special_ids=tuple(tokenizer.all_special_ids))
     for kind, model in models.items():
         export_pretrained(model, root / kind, tokenizer, training_config={"lr": 5e-4, "steps": 10},
                           eval_results={"MIRACL-tiny": {"ndcg@10": 0.123}})
@@ -95,6 +97,18 @@ def test_trm_dense_and_token_logits_match(exported):
     assert out["st_dense_truncated"].shape == (len(TEXTS), TRUNCATE_DIM)
     assert _max_diff(out["st_dense_truncated"], ours.dense_at(TRUNCATE_DIM)) < TOL
     assert int(out["st_max_seq_length"]) == model.config.max_position_embeddings
+
+
+@torch.no_grad()
+def test_mean_pooled_trm_dense_matches_sentence_transformers(exported):
+    models, out, root, _ = exported
+    model = models["trm_mean"]
+    batch, _ = unpad(out["input_ids"], out["attention_mask"])
+    ours = model(batch).dense
+    assert json.loads((root / "trm_mean" / "1_Pooling" / "config.json").read_text())["pooling_mode"] == "mean"
+    assert _max_diff(out["st_dense_mean"], ours) < TOL
+    cls = torch.nn.functional.normalize(model.encoder(batch)[batch.first_token_index], dim=-1)
+    assert _max_diff(ours, cls) > 1e-2  # really the mean, not the CLS state
 
 
 @torch.no_grad()
