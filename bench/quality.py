@@ -10,8 +10,11 @@ quality checks of the recipe, each marked pass / FAIL / n/a (no such set in the 
   heldout_mono_hybrid_ge_bm25      hybrid >= BM25, mean over the held-out monolingual sets
   heldout_cross_dense_2x_bm25      dense >= 2 x BM25, mean over the held-out cross-lingual sets
   heldout_dense_above_random       dense >= random + 0.1 on the held-out domain (every set pooled)
-  reranker_not_below_first_stage   reranked >= its first stage - 0.005 (held-out sets, else in-domain)
+  reranker_not_below_first_stage   reranked >= its first stage - 0.005 (held-out sets, else in-domain); the
+                                   reranked ranking is the one the evaluation judges: the reranker's order
+                                   fused with its first stage's (β tuned on dev; β 0 = reranker unused)
   reranker_improves_first_stage    reranked > its first stage + 0.005 (same sets)
+  reranker_alone_improves          the reranker's own order > its first stage + 0.005 (same sets)
   longdoc_whole_beats_trunc512     whole-document dense > 512-token dense on needles past token 512 (the
                                    held-out domain's long pages when the run has them)
 
@@ -52,10 +55,15 @@ def set_row(name: str, results: dict) -> dict:
             row[system] = table[system]["all"]["ndcg@10"]
     reranked = [k for k in table if "rerank" in k]
     if reranked:
-        row["reranked"] = table[reranked[0]]["all"]["ndcg@10"]
+        # the verdict's figures: the reranked ranking the evaluation judges (fused with its first stage when
+        # there was a dev split to tune β on) and its first stage over the same (sampled) queries
         verdict = results.get("reranker_verdict", {})
+        row["reranked"] = verdict.get("reranked_ndcg@10", table[reranked[0]]["all"]["ndcg@10"])
+        alone = results.get("reranker_alone_verdict")
+        if alone:
+            row["reranked_alone"] = alone["reranked_ndcg@10"]
+        row["rerank_beta"] = results.get("rerank_beta")
         row["rerank_first_stage"] = verdict.get("first_stage", "dense")
-        # the first stage over the queries that were reranked (all of them, or the evaluation's sample)
         row["rerank_first_stage_ndcg@10"] = verdict.get("first_stage_ndcg@10", row.get(row["rerank_first_stage"]))
         row["rerank_queries"] = verdict.get("queries", results["queries"])
     diagnostics = results.get("diagnostics", {}).get("trained")
@@ -107,6 +115,9 @@ def checks(rows: list[dict], longdoc: dict) -> dict[str, str]:
                                                   "reranked {a:.3f} vs first stage {b:.3f}"),
         "reranker_improves_first_stage": compare(reranked, first, lambda a, b: a > b + MARGIN,
                                                  "reranked {a:.3f} vs first stage {b:.3f}"),
+        "reranker_alone_improves": compare(_mean(rerank_rows, "reranked_alone", "rerank_queries"), first,
+                                           lambda a, b: a > b + MARGIN,
+                                           "reranker alone {a:.3f} vs first stage {b:.3f}"),
         "longdoc_whole_beats_trunc512": compare(longdoc.get("whole dense"), longdoc.get("trunc512 dense"),
                                                 lambda a, b: a > b, "whole {a:.3f} vs 512 tokens {b:.3f}"),
     }
@@ -132,14 +143,15 @@ def read_run(workdir: Path) -> dict:
 
 
 def format_run(run: dict) -> str:
-    columns = [*SYSTEMS, "reranked"]
-    lines = [f"## {run['workdir']}", "", "| set | queries | docs | " + " | ".join(columns) + " | γ | doc cos |",
-             "|---|---:|---:|" + "---:|" * (len(columns) + 2)]
+    columns = [*SYSTEMS, "reranked_alone", "reranked"]
+    lines = [f"## {run['workdir']}", "", "| set | queries | docs | " + " | ".join(columns) + " | γ | β | doc cos |",
+             "|---|---:|---:|" + "---:|" * (len(columns) + 3)]
     for row in run["sets"]:
         cells = [f"{row[c]:.3f}" if c in row else "-" for c in columns]
         cosine = f"{row['mean_doc_cosine']:.2f}" if "mean_doc_cosine" in row else "-"
+        beta = "-" if row.get("rerank_beta") is None else f"{row['rerank_beta']:g}"
         lines.append(f"| {row['set']} | {row['queries']} | {row['docs']} | " + " | ".join(cells)
-                     + f" | {row['gamma']} | {cosine} |")
+                     + f" | {row['gamma']} | {beta} | {cosine} |")
     if run["longdoc_past512"]:
         figures = {k: v for k, v in run["longdoc_past512"].items() if k != "source"}
         lines += ["", f"long documents ({run['longdoc_past512'].get('source', '')}), needles past token 512: "

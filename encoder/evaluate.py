@@ -149,20 +149,49 @@ def bm25_run(data: BeirData, tokenizer, query_ids: Sequence[str], depth: int = 1
     return {q: [doc_ids[i] for i in row] for q, row in zip(query_ids, results.documents.tolist())}
 
 
-def rerank_run(reranker: Reranker, tokenizer, data: BeirData, first_stage: Run, top_k: int,
-               max_length: int | None = None) -> Run:
-    """Re-order each query's first `top_k` documents by the cross-encoder; the rest keep their order."""
+def rerank_scores(reranker: Reranker, tokenizer, data: BeirData, first_stage: Run, top_k: int,
+                  max_length: int | None = None) -> dict[str, list[float]]:
+    """Cross-encoder logits of each query's first `top_k` documents, in first-stage order."""
     pairs, owners = [], []
     for q, docs in first_stage.items():
         for d in docs[:top_k]:
             pairs.append((data.queries[q]["text"], doc_text(data.corpus[d])))
-            owners.append((q, d))
-    scores = score_pairs(reranker, tokenizer, pairs, max_length=max_length).tolist()
-    by_query: dict[str, list[tuple[float, str]]] = {}
-    for (q, d), s in zip(owners, scores):
-        by_query.setdefault(q, []).append((s, d))
-    return {q: [d for _, d in sorted(by_query.get(q, []), key=lambda x: -x[0])] + docs[top_k:]
-            for q, docs in first_stage.items()}
+            owners.append(q)
+    scores: dict[str, list[float]] = {q: [] for q in first_stage}
+    for q, score in zip(owners, score_pairs(reranker, tokenizer, pairs, max_length=max_length).tolist()):
+        scores[q].append(score)
+    return scores
+
+
+def fused_run(first_stage: Run, scores: dict[str, list[float]], beta: float = 1.0) -> Run:
+    """Each query's scored head re-ordered by (1-β)·first-stage rank + β·reranker rank (β = 1: the reranker
+    alone, 0: the first stage), ties to the first stage's order; the rest keep their order."""
+    out = {}
+    for q, docs in first_stage.items():
+        head = scores[q]
+        by_score = sorted(range(len(head)), key=lambda i: (-head[i], i))
+        reranker_rank = {i: r for r, i in enumerate(by_score)}
+        order = sorted(range(len(head)), key=lambda i: ((1 - beta) * i + beta * reranker_rank[i], i))
+        out[q] = [docs[i] for i in order] + docs[len(head):]
+    return out
+
+
+def rerank_run(reranker: Reranker, tokenizer, data: BeirData, first_stage: Run, top_k: int,
+               max_length: int | None = None) -> Run:
+    """Re-order each query's first `top_k` documents by the cross-encoder; the rest keep their order."""
+    return fused_run(first_stage, rerank_scores(reranker, tokenizer, data, first_stage, top_k, max_length))
+
+
+BETA_GRID = tuple(i / 10 for i in range(11))  # the reranker's share of the fused rank
+
+
+def search_beta(first_stage: Run, scores: dict[str, list[float]], qrels: dict,
+                grid: Sequence[float] = BETA_GRID) -> tuple[float, dict[float, float]]:
+    """β maximising mean nDCG@10 of the fused ranking on `qrels` (the dev queries); ties go to the smallest β:
+    a reranker that adds nothing on dev gets no say."""
+    curve = {beta: mean_metrics(fused_run(first_stage, scores, beta), qrels)["ndcg@10"] for beta in grid}
+    best = max(curve, key=lambda b: (round(curve[b], 9), -b))
+    return best, curve
 
 
 def rerank_sample(query_ids: Sequence[str], size: int, seed: int = 0) -> list[str]:
@@ -230,11 +259,12 @@ def evaluate_trm(model: TextRepresentationModel, tokenizer, data: BeirData, spli
     """Dense / sparse / hybrid runs and metrics of one TRM on `split`; γ tuned on `dev_split` if present."""
     qrels = data.qrels[split]
     query_ids = sorted(qrels)
-    tuned_on = None
+    tuned_on, dev_runs = None, {}
     if dev_split in data.qrels and dev_split != split:
-        gamma, curve = search_gamma(encode_set(model, tokenizer, data, sorted(data.qrels[dev_split]), max_length),
-                                    data.qrels[dev_split])
+        dev = encode_set(model, tokenizer, data, sorted(data.qrels[dev_split]), max_length)
+        gamma, curve = search_gamma(dev, data.qrels[dev_split])
         tuned_on = {"split": dev_split, "ndcg@10_by_gamma": curve}
+        dev_runs["hybrid"] = rank(hybrid_matrix(dev, gamma), dev.query_ids, dev.doc_ids)  # what a reranker tunes on
     encoded = encode_set(model, tokenizer, data, query_ids, max_length)
     runs = {"dense": rank(score_matrix(encoded), query_ids, encoded.doc_ids),
             "sparse": rank(score_matrix(encoded, 0.0, 1.0), query_ids, encoded.doc_ids),
@@ -244,7 +274,8 @@ def evaluate_trm(model: TextRepresentationModel, tokenizer, data: BeirData, spli
                   for d in dims}
     diagnostics = collapse_diagnostics(encoded, [len(doc_text(data.corpus[d])) for d in encoded.doc_ids])
     return {"runs": runs, "metrics": {name: grouped_metrics(run, qrels, groups) for name, run in runs.items()},
-            "gamma": gamma, "gamma_tuning": tuned_on, "matryoshka_ndcg@10": matryoshka, "diagnostics": diagnostics}
+            "gamma": gamma, "gamma_tuning": tuned_on, "matryoshka_ndcg@10": matryoshka, "diagnostics": diagnostics,
+            "dev_runs": dev_runs}
 
 
 def plot_matryoshka(curves: dict[str, dict[int, float]], path: Path) -> Path:
@@ -312,19 +343,9 @@ def run_evaluation(data: BeirData, tokenizer, trm: TextRepresentationModel | Non
         if dims:
             curves[label or "trained"] = result["matryoshka_ndcg@10"]
         if model is trm and reranker is not None:
-            sample = rerank_sample(query_ids, rerank_queries)
-            progress(f"reranking the {FIRST_STAGE} top-{rerank_top_k} of {len(sample)} queries")
-            first_stage = {q: result["runs"][FIRST_STAGE][q] for q in sample}
-            reranked = rerank_run(reranker, tokenizer, data, first_stage, rerank_top_k,
-                                  rerank_max_length or max_length)
-            sample_groups = {name: [q for q in ids if q in first_stage] for name, ids in groups.items()}
-            row = f"{FIRST_STAGE} + rerank@{rerank_top_k}"
-            table[row] = grouped_metrics(reranked, qrels, {k: v for k, v in sample_groups.items() if v})
-            report["reranker_verdict"] = reranker_verdict(
-                mean_metrics(first_stage, qrels, sample)["ndcg@10"], table[row]["all"]["ndcg@10"], rerank_top_k,
-                len(sample) if len(sample) < len(query_ids) else None)
-            report["reranker_verdict"]["queries"] = len(sample)
-            progress(report["reranker_verdict"]["text"])
+            report.update(evaluate_reranker(reranker, tokenizer, data, result, split, rerank_top_k,
+                                            rerank_max_length or max_length, rerank_queries, groups, table,
+                                            progress))
     if bm25:
         table["bm25"] = grouped_metrics(bm25_run(data, tokenizer, query_ids), qrels, groups)
     table["random"] = {name: random_metrics(qrels, len(data.corpus), ids) for name, ids in groups.items()}
@@ -341,6 +362,52 @@ def run_evaluation(data: BeirData, tokenizer, trm: TextRepresentationModel | Non
     return report
 
 
+def evaluate_reranker(reranker: Reranker, tokenizer, data: BeirData, result: dict[str, Any], split: str,
+                      top_k: int, max_length: int | None, sample_size: int, groups: dict[str, list[str]],
+                      table: dict[str, dict[str, dict[str, float]]],
+                      progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """The reranker over the first stage's top-k of (a sample of) the test queries, alone and fused with the
+    first stage's order (β tuned on the same-size sample of the dev queries, when there is a dev split); adds
+    both rows to `table` and returns the verdicts. The verdict judges the fused ranking (what the evaluation
+    would deploy: a β of 0 means the reranker is not used); `reranker_alone_verdict` judges the reranker's
+    own order."""
+    qrels = data.qrels[split]
+    query_ids = sorted(qrels)
+    sample = rerank_sample(query_ids, sample_size)
+    progress(f"reranking the {FIRST_STAGE} top-{top_k} of {len(sample)} queries")
+    first_stage = {q: result["runs"][FIRST_STAGE][q] for q in sample}
+    scores = rerank_scores(reranker, tokenizer, data, first_stage, top_k, max_length)
+    sample_groups = {k: v for k, v in ((name, [q for q in ids if q in first_stage]) for name, ids in groups.items())
+                     if v}
+    first = mean_metrics(first_stage, qrels, sample)["ndcg@10"]
+    sampled = len(sample) if len(sample) < len(query_ids) else None
+    alone = f"{FIRST_STAGE} + rerank@{top_k}"
+    table[alone] = grouped_metrics(fused_run(first_stage, scores), qrels, sample_groups)
+    out: dict[str, Any] = {"reranker_alone_verdict": {**reranker_verdict(first, table[alone]["all"]["ndcg@10"],
+                                                                         top_k, sampled), "queries": len(sample)}}
+    dev_first = result.get("dev_runs", {}).get(FIRST_STAGE)
+    beta, tuning = 1.0, None
+    if dev_first:
+        dev_qrels = data.qrels["dev"]
+        dev_sample = rerank_sample(sorted(dev_first), sample_size)
+        dev_first = {q: dev_first[q] for q in dev_sample}
+        progress(f"tuning the fusion on {len(dev_sample)} dev queries")
+        beta, curve = search_beta(dev_first, rerank_scores(reranker, tokenizer, data, dev_first, top_k, max_length),
+                                  dev_qrels)
+        tuning = {"split": "dev", "queries": len(dev_sample), "ndcg@10_by_beta": curve}
+        fused = f"{FIRST_STAGE} + rerank@{top_k} fused"
+        table[fused] = grouped_metrics(fused_run(first_stage, scores, beta), qrels, sample_groups)
+        verdict = reranker_verdict(first, table[fused]["all"]["ndcg@10"], top_k, sampled)
+        verdict["text"] = verdict["text"].replace("the reranker", f"the reranker (fused, β {beta:g} tuned on dev)", 1)
+    else:
+        verdict = dict(out["reranker_alone_verdict"])
+    out.update(reranker_verdict={**verdict, "queries": len(sample), "beta": beta}, rerank_beta=beta,
+               rerank_beta_tuning=tuning)
+    progress(out["reranker_alone_verdict"]["text"] + " (alone)")
+    progress(out["reranker_verdict"]["text"])
+    return out
+
+
 def diagnostics_markdown(report: dict[str, Any]) -> str:
     """The collapse diagnostics, hybrid γ and reranker verdict of one evaluation, as markdown."""
     lines = ["### diagnostics", "", "| model | mean document cosine | rank corr. score~length | warnings |",
@@ -351,8 +418,11 @@ def diagnostics_markdown(report: dict[str, Any]) -> str:
     tuned = report.get("gamma_tuning")
     lines += ["", f"Hybrid γ (sparse share) = {report.get('gamma')}"
               + (f", tuned on the {tuned['split']} split." if tuned else " (not tuned: no dev split).")]
-    if "reranker_verdict" in report:
-        lines += ["", report["reranker_verdict"]["text"] + "."]
+    if "reranker_alone_verdict" in report:
+        lines += ["", report["reranker_alone_verdict"]["text"] + " (its own order)."]
+    if "reranker_verdict" in report and report.get("rerank_beta_tuning"):
+        lines += ["", report["reranker_verdict"]["text"] + ": the rank fusion (1-β)·first-stage rank + β·reranker "
+                  "rank, β chosen on the dev split (ties to the smaller β)."]
     return "\n".join(lines)
 
 

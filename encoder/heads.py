@@ -130,8 +130,17 @@ class TRMHead(nn.Module):
         nn.init.ones_(self.sparse_linear.bias)
         self.vocab_size = config.vocab_size
         self.pooling = config.pooling
+        # a fixed per-token-id factor on the lexical weights (ones = none; `idf_prior` gives an IDF-like one):
+        # what BM25 knows from the start (a word in every document matches nothing in particular), stored with
+        # the weights so every export applies the same
+        self.register_buffer("token_prior", torch.ones(config.vocab_size))
         self.special_ids = tuple(sorted(set(special_token_ids)))
         self.reset_special_token_ids()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints and mGTE weights from before the prior: no prior (ones)
+        state_dict.setdefault(prefix + "token_prior", torch.ones_like(self.token_prior))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def reset_special_token_ids(self) -> None:
         """(Re)build the `special_token_ids` buffer from `special_ids`. CLS/EOS/PAD/UNK (and MASK) carry no lexical
@@ -141,8 +150,12 @@ class TRMHead(nn.Module):
         self.register_buffer("special_token_ids", torch.tensor(self.special_ids, dtype=torch.long, device=device),
                              persistent=False)
 
+    def sparse_logits(self, hidden: Tensor, input_ids: Tensor) -> Tensor:
+        """Per-token lexical logits `[T]` (the weight is their ReLU): linear(hidden) times the token's prior."""
+        return self.sparse_linear(hidden).squeeze(-1) * self.token_prior[input_ids].to(hidden.dtype)
+
     def sparse_weights(self, hidden: Tensor, batch: UnpaddedBatch) -> SparseEmbedding:
-        token_weights = F.relu(self.sparse_linear(hidden)).squeeze(-1)  # [T]
+        token_weights = F.relu(self.sparse_logits(hidden, batch.input_ids))  # [T]
         keep = ~torch.isin(batch.input_ids, self.special_token_ids) & (token_weights > 0)
         seq = batch.sequence_index[keep]
         tok = batch.input_ids[keep]
@@ -169,6 +182,24 @@ def pool(hidden: Tensor, batch: UnpaddedBatch, mode: str) -> Tensor:
     sums = hidden.new_zeros(batch.num_sequences, hidden.shape[-1]).index_add_(0, batch.sequence_index, hidden)
     lengths = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).to(hidden.dtype)
     return sums / lengths[:, None]
+
+
+def idf_prior(documents: list[list[int]], vocab_size: int) -> Tensor:
+    """An IDF-like `token_prior` `[vocab_size]` from token-id documents: BM25's idf, ln(1 + (N - df + .5) /
+    (df + .5)), scaled so that the average running-text token of `documents` weighs 1 (the scale the sparse
+    temperature was chosen for). Ids in no document get the largest idf, as a word seen once would."""
+    if not documents:
+        raise ValueError("documents: an IDF prior needs at least one document")
+    df = torch.zeros(vocab_size, dtype=torch.float64)
+    counts = torch.zeros(vocab_size, dtype=torch.float64)
+    for ids in documents:
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        df[ids.unique()] += 1
+        counts += torch.bincount(ids, minlength=vocab_size).double()
+    n = len(documents)
+    idf = torch.log1p((n - df + 0.5) / (df + 0.5))
+    mean = (idf * counts).sum() / counts.sum().clamp(min=1)
+    return (idf / mean).float()
 
 
 def dense_scores(queries: Tensor, docs: Tensor) -> Tensor:

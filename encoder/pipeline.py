@@ -128,6 +128,11 @@ class PipelineConfig:
     # the reranker's starting encoder: "mlm" (mlm_stage2, as mGTE) or "trm" (the fine-tuned TRM, which has
     # already learnt what matches a query; measured per preset: see configs/pipeline_tiny.yaml)
     reranker_init: str = "mlm"
+    # the reranker's training pairs: the fine-tuning pairs ("ft"), plus a corpus build's weak pairs ("cpt":
+    # heading -> section, title -> page, first sentence -> rest, mostly in one language). Fine-tuning pairs
+    # alone are translations in the embedded data, where the relevant text shares few tokens with the query
+    # and the mined negatives share many: a cross-encoder then learns that overlap means "not relevant"
+    reranker_pairs: list[str] = field(default_factory=lambda: ["ft"])
     rerank_top_k: int = 20
     # which held-out-domain sets the reranker re-orders: all, mono (one language; the cross-lingual sets get the
     # first stages only: reranking is most of an evaluation's cost) or none
@@ -204,6 +209,7 @@ class Pipeline:
                     "evaluate": [self.config.rerank_top_k, self.config.heldout_rerank,
                                  self.config.heldout_rerank_queries, self.config.rerank_max_length],
                     "longdoc": self.config.longdoc_overrides,
+                    "reranker": [asdict(self.config.reranker), self.config.reranker_init, self.config.reranker_pairs],
                     "trm_ft": [asdict(self.config.trm_ft), self.config.long_pair_lengths,
                                self.config.long_pairs_per_length, self.config.long_pair_query_mode]}.get(name)
         if settings is None and hasattr(self.config, name):
@@ -399,9 +405,20 @@ class Pipeline:
         data = self.records["data"]["outputs"]
         return data.get("units", data["root"] if data["source"] == "embedded" else "")
 
+    def _reranker_pair_file(self, directory: Path) -> str:
+        """The fine-tuning pairs, or (reranker_pairs [ft, cpt]) those and the weak pairs in one file."""
+        files = {"ft": self.out("data", "pairs"), "cpt": self.records["data"]["outputs"].get("cpt_pairs", "")}
+        chosen = [files[name] for name in self.config.reranker_pairs if files[name]]
+        if chosen == [files["ft"]]:
+            return files["ft"]
+        path = directory / "pairs.jsonl"
+        if not path.is_file():  # written atomically, so an existing file is complete
+            write_pairs([record for file in chosen for record in read_pairs(file)], path)
+        return str(path)
+
     def stage_reranker(self, directory: Path) -> dict:
         stage = self.config.reranker
-        overrides = [*self._model_overrides(), f"data.pairs={self.out('data', 'pairs')}",
+        overrides = [*self._model_overrides(), f"data.pairs={self._reranker_pair_file(directory)}",
                      f"data.tokenizer={self.out('tokenizer', 'dir')}", f"checkpoint.dir={directory / 'run'}",
                      f"train.init_from={self._reranker_init()}",
                      f"data.negatives_from={self.out('trm_ft', 'final')}", *stage.overrides]
@@ -526,6 +543,8 @@ def validate_stage_settings(config: PipelineConfig) -> None:
     for name in ("heldout_rerank_queries", "rerank_max_length"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name}: must be >= 0, got {getattr(config, name)}")
+    if not config.reranker_pairs or set(config.reranker_pairs) - {"ft", "cpt"}:
+        raise ValueError(f"reranker_pairs: expected a non-empty list of ft and cpt, got {config.reranker_pairs}")
     if config.reranker_init not in ("mlm", "trm"):
         raise ValueError(f"reranker_init: expected mlm or trm, got {config.reranker_init!r}")
     for override in config.model_overrides:

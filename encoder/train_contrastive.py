@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from data_prep.pairs import PairRecord
 from data_prep.tokenizer import load_tokenizer, special_ids
 
 from .artifacts import inference_model_config, load_encoder_weights, save_final
@@ -37,11 +38,11 @@ from .batch import UnpaddedBatch
 from .config import config_field
 from .distributed import all_gather_variable, barrier, seed_everything
 from .grad_cache import grad_cache_step, plan_chunks
-from .heads import TextRepresentationModel, TRMOutput
+from .heads import TextRepresentationModel, TRMOutput, idf_prior
 from .loop import StepOutput, run_loop, step_output, trainer_cli, training_session
 from .losses import LossConfig, LossOutput, build_output_losses, concat_trm, global_pair_loss, select_rows
 from .pair_batching import PairBatch, PairBatches, PairDataConfig, interleave, load_records, long_pair_batches
-from .training import RunConfig, TrainConfig, at_least, build_engine, build_optimizer
+from .training import RunConfig, TrainConfig, at_least, build_engine, build_optimizer, require
 
 
 # ---- the run config ----------------------------------------------------------------------------------------
@@ -50,6 +51,13 @@ class ContrastiveTrainConfig(TrainConfig):
     init_from: str = ""  # MLM checkpoint / run dir (encoder weights; heads fresh) or a TRM final/ dir
     # > 1: train at rope_theta / f, saved for inference as (θ/f, NTK f) (mGTE: 8)
     revntk_factor: float = at_least(1, 1.0, " (1 = off)")
+    # the lexical weights' per-token prior when the head starts fresh (an MLM init; a TRM init keeps its own):
+    # none, or idf (BM25's idf over the training documents, heads.idf_prior)
+    sparse_prior: str = "none"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.sparse_prior in ("none", "idf"), "train.sparse_prior", "expected none or idf", self.sparse_prior)
 
 
 @dataclass
@@ -134,13 +142,29 @@ def build_trm(config: TRMRunConfig, tokenizer) -> TextRepresentationModel:
     return model
 
 
+def set_sparse_prior(model: TextRepresentationModel, prior: str, records: list[PairRecord], tokenizer) -> None:
+    """An IDF prior from the training documents (each distinct positive and negative text once), unless the
+    model already has a prior (initialised from a TRM that learnt with it). A resumed run recomputes the same
+    one and its checkpoint's copy replaces it anyway."""
+    head = model.head
+    if prior == "none" or not torch.all(head.token_prior == 1):
+        return
+    texts = sorted({r.positive for r in records} | {n for r in records for n in r.negatives})
+    ids = [e.ids for e in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
+    with torch.no_grad():
+        head.token_prior.copy_(idf_prior(ids, head.vocab_size).to(head.token_prior.device))
+    print(f"sparse prior: idf over {len(texts)} training documents")
+
+
 def train(config: TRMRunConfig, resume: str = "none", stop_after: int | None = None) -> dict:
     """Run (or continue) contrastive training; returns the loop's summary with the `final/` directory."""
     train_cfg, optim_cfg, run_dir = config.train, config.optim, Path(config.checkpoint.dir)
     with training_session(config) as env:
         tokenizer = load_tokenizer(config.data.tokenizer)
         model = build_trm(config, tokenizer).to(env.device)
-        data = PairBatches(load_records(config.data, env.device), tokenizer, config.data, train_cfg.seed, env.rank)
+        records = load_records(config.data, env.device)
+        set_sparse_prior(model, train_cfg.sparse_prior, records, tokenizer)
+        data = PairBatches(records, tokenizer, config.data, train_cfg.seed, env.rank)
         batch_at = interleave(data, long_pair_batches(config.data, tokenizer, train_cfg.seed, env.rank),
                               config.data.long_every)
         seed_everything(train_cfg.seed, rank_offset=env.rank)

@@ -161,6 +161,7 @@ def write_sparse_directory(directory: Path, model: TextRepresentationModel, with
     pooling = LongEncSparsePooling(model.config.hidden_size, model.config.vocab_size,
                                    model.head.special_token_ids.tolist())
     pooling.head.sparse_linear.load_state_dict(model.head.sparse_linear.state_dict())
+    pooling.head.token_prior.copy_(model.head.token_prior)
     (sparse / SPARSE_MODULE_DIR).mkdir(parents=True)
     write_json(sparse / SPARSE_MODULE_DIR / "config.json", pooling.get_config_dict())
     save_tensors(pooling.state_dict(), sparse / SPARSE_MODULE_DIR / "model.safetensors")

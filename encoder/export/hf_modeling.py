@@ -120,6 +120,8 @@ class LongEncPreTrainedModel(PreTrainedModel):
             hf_init.zeros_(module.bias)
         elif isinstance(module, MLMHead):
             hf_init.zeros_(module.bias)
+        elif isinstance(module, TRMHead):
+            hf_init.ones_(module.token_prior)  # an export without a prior: none (loaded ones overwrite this)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.encoder.embeddings.word_embeddings
@@ -189,8 +191,9 @@ class LongEncForMaskedLM(LongEncPreTrainedModel):
 
 
 class LongEncForSparseEmbedding(LongEncPreTrainedModel):
-    """AutoModelForTokenClassification: per-token sparse weight logits `[B, L, 1]` (before the ReLU), like the
-    released mGTE `NewForTokenClassification`; `sparse_embedding(...)` gives the max-reduced lexical weights."""
+    """AutoModelForTokenClassification: per-token sparse weight logits `[B, L, 1]` (before the ReLU, times the
+    token prior), like the released mGTE `NewForTokenClassification`; `sparse_embedding(...)` gives the
+    max-reduced lexical weights."""
 
     def __init__(self, config: LongEncConfig) -> None:
         super().__init__(config)
@@ -201,7 +204,7 @@ class LongEncForSparseEmbedding(LongEncPreTrainedModel):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
                 return_dict: bool | None = None, **kwargs) -> TokenClassifierOutput | tuple:
         batch, info, hidden = self._packed_forward(input_ids, attention_mask, token_type_ids)
-        logits = pad(self.head.sparse_linear(hidden), info)  # [B, L, 1]
+        logits = pad(self.head.sparse_logits(hidden, batch.input_ids)[:, None], info)  # [B, L, 1]
         if return_dict is False:
             return (logits,)
         return TokenClassifierOutput(logits=logits)

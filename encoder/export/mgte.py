@@ -180,6 +180,8 @@ def state_dict_from_mgte(state_dict: dict[str, torch.Tensor], config: ModelConfi
 def state_dict_to_mgte(model: TaskModel) -> dict[str, torch.Tensor]:
     kind = _kind_of(model)
     ours = model.state_dict()
+    if kind == "trm" and not torch.all(ours["head.token_prior"] == 1):
+        raise ValueError("head.token_prior: the new-impl layout has no per-token prior for the lexical weights")
     return {new: ours[k] for k, new in key_table(_config_of(model), kind).items()}
 
 

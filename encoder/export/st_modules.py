@@ -36,8 +36,8 @@ class LongEncTransformer(Transformer):
 
 
 class LongEncSparsePooling(Module):
-    """token_embeddings `[B, L, H]` -> sentence_embedding `[B, vocab]`: ReLU(linear) per token, max over repeated
-    ids, special tokens dropped (our `TRMHead.sparse_weights` on the unpadded tokens)."""
+    """token_embeddings `[B, L, H]` -> sentence_embedding `[B, vocab]`: ReLU(linear) x prior per token, max over
+    repeated ids, special tokens dropped (our `TRMHead.sparse_weights` on the unpadded tokens)."""
 
     config_keys = ["hidden_size", "vocab_size", "special_token_ids"]
 
@@ -70,7 +70,7 @@ class LongEncSparsePooling(Module):
 
     def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
         self.save_config(output_path)
-        # only the H+1 head weights: the special-id buffer is rebuilt from the config
+        # the H+1 head weights and the token prior: the special-id buffer is rebuilt from the config
         self.save_torch_weights(output_path, safe_serialization=safe_serialization)
 
     @classmethod

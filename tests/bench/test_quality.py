@@ -16,14 +16,21 @@ def load_bench():
     return module
 
 
-def results(queries: int, first_stage: str = "hybrid", **ndcg: float) -> dict:
+def results(queries: int, first_stage: str = "hybrid", fused: tuple[float, float] | None = None,
+            **ndcg: float) -> dict:
+    """One saved evaluation; `hybrid_rerank` is the reranker's own order, `fused` (β, nDCG@10) the fusion."""
     names = {"hybrid_rerank": f"{first_stage} + rerank@20"}
     table = {names.get(system, system): {"all": {"ndcg@10": value, "queries": queries}}
              for system, value in ndcg.items()}
     out = {"queries": queries, "corpus": 50, "gamma": 0.4, "results": table,
            "diagnostics": {"trained": {"mean_doc_cosine": 0.3, "score_length_rho": 0.1, "warnings": []}}}
     if "hybrid_rerank" in ndcg:
-        out["reranker_verdict"] = {"first_stage": first_stage}
+        first = {"first_stage": first_stage, "first_stage_ndcg@10": ndcg[first_stage], "queries": queries}
+        out["reranker_alone_verdict"] = {**first, "reranked_ndcg@10": ndcg["hybrid_rerank"]}
+        out["reranker_verdict"] = {**first, "reranked_ndcg@10": fused[1] if fused else ndcg["hybrid_rerank"]}
+        out["rerank_beta"] = fused[0] if fused else 1.0
+        if fused:
+            table[f"{first_stage} + rerank@20 fused"] = {"all": {"ndcg@10": fused[1], "queries": queries}}
     return out
 
 
@@ -72,8 +79,24 @@ def test_checks_follow_the_saved_figures(tmp_path, capsys):
     assert checks["heldout_dense_above_random"].startswith("pass: dense 0.217 vs random 0.050")
     assert checks["longdoc_whole_beats_trunc512"] == "pass: whole 0.800 vs 512 tokens 0.300"
     printed = capsys.readouterr().out
-    row = "| debian-handbook/cross-de | 20 | 50 | 0.050 | 0.100 | 0.150 | 0.100 | 0.200 | 0.100 | 0.4 | 0.30 |"
+    row = ("| debian-handbook/cross-de | 20 | 50 | 0.050 | 0.100 | 0.150 | 0.100 | 0.200 | 0.100 | 0.100 | 0.4 | 1 "
+           "| 0.30 |")
     assert row in printed
+
+
+def test_reranker_checks_judge_the_fused_ranking_and_report_the_reranker_alone(tmp_path):
+    """A reranker that hurts alone, fused with β 0 on dev (= its first stage): not below, not better, and the
+    reranker-alone check says it fails on its own."""
+    bench = load_bench()
+    run = bench.read_run(fake_run(tmp_path / "run", {
+        "in-domain": results(50, random=0.02, bm25=0.5, dense=0.6, sparse=0.5, hybrid=0.7, hybrid_rerank=0.9),
+        "debian-handbook/mono-de": results(40, random=0.05, bm25=0.5, dense=0.4, sparse=0.5, hybrid=0.6,
+                                           hybrid_rerank=0.2, fused=(0.0, 0.6)),
+    }))
+    checks = run["checks"]
+    assert checks["reranker_not_below_first_stage"] == "pass: reranked 0.600 vs first stage 0.600"
+    assert checks["reranker_improves_first_stage"].startswith("FAIL")
+    assert checks["reranker_alone_improves"] == "FAIL: reranker alone 0.200 vs first stage 0.600"
 
 
 def test_a_run_without_heldout_sets_marks_those_checks_not_applicable(tmp_path):

@@ -9,11 +9,13 @@ import torch.nn.functional as F
 from encoder.evaluate import (
     EncodedSet,
     collapse_diagnostics,
+    fused_run,
     hybrid_matrix,
     rank_correlation,
     rerank_sample,
     reranker_verdict,
     score_matrix,
+    search_beta,
     search_gamma,
     zscore_rows,
 )
@@ -130,3 +132,25 @@ def test_rerank_sample_is_fixed_sorted_and_complete_when_asked_for_everything():
     assert len(sample) == 7 and sample == sorted(sample) and set(sample) <= set(ids)
     assert sample == rerank_sample(ids, 7)  # the order the ids come in does not change the sample
     assert rerank_sample(ids, 0) == ids and rerank_sample(ids, 50) == ids and rerank_sample(ids, 80) == ids
+
+
+def test_fused_rank_ends_are_the_first_stage_and_the_reranker_and_the_tail_keeps_its_order():
+    first = {"q": ["a", "b", "c", "d", "e"]}
+    scores = {"q": [0.1, 0.2, 0.9, 0.5]}  # the reranker saw the top 4: c > d > b > a
+    assert fused_run(first, scores, 0.0) == first
+    assert fused_run(first, scores, 1.0) == {"q": ["c", "d", "b", "a", "e"]}
+    # β 0.5: a 0+3=3, b 1+2=3, c 2+0=2, d 3+1=4 -> c, then a and b tied (first-stage order), then d
+    assert fused_run(first, scores, 0.5) == {"q": ["c", "a", "b", "d", "e"]}
+
+
+def test_beta_search_trusts_a_reranker_that_helps_and_ignores_one_that_does_not():
+    first = {"q1": ["x", "rel1", "y"], "q2": ["u", "v", "rel2"]}
+    qrels = {"q1": {"rel1": 1}, "q2": {"rel2": 1}}
+    good = {"q1": [0.0, 1.0, 0.5], "q2": [0.0, 0.1, 2.0]}
+    beta, curve = search_beta(first, good, qrels)
+    assert curve[1.0] == pytest.approx(1.0) and beta == min(b for b in curve if curve[b] == curve[1.0])
+    flat = {"q1": [0.0, 0.0, 0.0], "q2": [0.0, 0.0, 0.0]}  # no information: every β ties, the first stage wins
+    assert search_beta(first, flat, qrels)[0] == 0.0
+    bad = {"q1": [1.0, 0.0, 0.5], "q2": [2.0, 1.0, 0.0]}  # pushes the relevant documents down
+    beta, curve = search_beta(first, bad, qrels)
+    assert beta == 0.0 and curve[0.0] > curve[1.0]

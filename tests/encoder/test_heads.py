@@ -1,3 +1,6 @@
+import math
+
+import pytest
 import torch
 import torch.nn.functional as F
 from model_helpers import random_batch, tiny_config
@@ -9,6 +12,7 @@ from encoder.heads import (
     TextRepresentationModel,
     dense_scores,
     hybrid_scores,
+    idf_prior,
     sparse_scores,
 )
 
@@ -129,3 +133,36 @@ def test_reranker_one_logit_per_pair_independent_of_packing():
                            for s in batch.split(batch.input_ids)])
     assert scores.shape == (3,)
     assert torch.allclose(scores, alone, atol=1e-5)
+
+
+def test_idf_prior_ranks_tokens_by_rarity_and_averages_one_per_running_token():
+    docs = [[5, 6, 7], [5, 6], [5, 8], [5]]
+    prior = idf_prior(docs, 10).double()
+    n = len(docs)
+    df = {5: 4, 6: 2, 7: 1, 8: 1}
+    idf = {t: math.log1p((n - d + 0.5) / (d + 0.5)) for t, d in df.items()}
+    mean = sum(idf[t] for doc in docs for t in doc) / sum(len(doc) for doc in docs)
+    for token, value in idf.items():
+        assert prior[token].item() == pytest.approx(value / mean, rel=1e-6)
+    assert prior[5] < prior[6] < prior[7] == prior[8] < prior[9]  # unseen ids: the rarest of all
+    with pytest.raises(ValueError, match="at least one document"):
+        idf_prior([], 10)
+
+
+def test_token_prior_scales_the_lexical_weights_and_old_checkpoints_load_without_one():
+    torch.manual_seed(2)
+    model = TextRepresentationModel(tiny_config(), special_token_ids=SPECIALS).eval()
+    with torch.no_grad():
+        model.head.sparse_linear.bias.fill_(3.0)  # every token weighted
+    batch = random_batch([9, 4], model.config.vocab_size, seed=3)
+    with torch.no_grad():
+        before = model(batch).sparse.to_dicts()
+        model.head.token_prior[batch.input_ids[0]] = 2.5  # the first token's id
+        after = model(batch).sparse.to_dicts()
+    first = batch.input_ids[0].item()
+    assert after[0][first] == pytest.approx(2.5 * before[0][first], rel=1e-6)
+    assert all(after[1][t] == pytest.approx(w) for t, w in before[1].items() if t != first)
+    state = {k: v for k, v in model.state_dict().items() if k != "head.token_prior"}
+    fresh = TextRepresentationModel(tiny_config(), special_token_ids=SPECIALS)
+    fresh.load_state_dict(state)  # a checkpoint from before the prior: strict load, prior = ones
+    assert torch.all(fresh.head.token_prior == 1)

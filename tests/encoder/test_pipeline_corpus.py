@@ -256,3 +256,16 @@ def test_corpus_long_pairs_join_the_fine_tuning_long_pairs(corpus_pipeline, tiny
     assert written == corpus_pairs  # no embedded units in this corpus: its own long pairs only
     corpus_pipeline.config.long_pair_lengths = []
     assert corpus_pipeline._long_pairs(tmp_path / "off") == ""  # [] switches long pairs off
+
+
+def test_reranker_pairs_add_the_weak_pairs_and_change_the_stage_key(corpus_pipeline, tmp_path):
+    data = corpus_pipeline.run(only=("data",))["data"]["outputs"]
+    assert corpus_pipeline._reranker_pair_file(tmp_path / "ft") == data["pairs"]  # the default: untouched
+    key_ft = corpus_pipeline._stage("reranker").key
+    corpus_pipeline.config.reranker_pairs = ["ft", "cpt"]
+    assert corpus_pipeline._stage("reranker").key != key_ft  # a different training set re-runs the stage
+    (tmp_path / "both").mkdir()
+    both = read_pairs(corpus_pipeline._reranker_pair_file(tmp_path / "both"))
+    assert both == read_pairs(data["pairs"]) + read_pairs(data["cpt_pairs"])
+    with pytest.raises(ValueError, match="reranker_pairs: expected a non-empty list of ft and cpt"):
+        Pipeline(load_config(PipelineConfig, None, [f"workdir={tmp_path}", "reranker_pairs=[ft, weak]"]))

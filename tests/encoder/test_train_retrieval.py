@@ -111,10 +111,18 @@ def test_reranker_improves_over_its_first_stage(pipeline):
 
 def test_reranker_verdict_follows_the_measured_figures(pipeline):
     report = pipeline["report"]
-    first, reranked = ndcg(report, "hybrid"), ndcg(report, "hybrid + rerank@20")
-    verdict = report["reranker_verdict"]
-    assert verdict["improves"] == (reranked > first + 0.005)
-    assert f"{first:.3f} -> {reranked:.3f}" in verdict["text"]
+    first = ndcg(report, "hybrid")
+    for verdict_key, row in (("reranker_alone_verdict", "hybrid + rerank@20"),
+                             ("reranker_verdict", "hybrid + rerank@20 fused")):
+        reranked, verdict = ndcg(report, row), report[verdict_key]
+        assert verdict["improves"] == (reranked > first + 0.005)
+        assert f"{first:.3f} -> {reranked:.3f}" in verdict["text"]
+    beta = report["rerank_beta"]
+    assert report["rerank_beta_tuning"]["split"] == "dev" and f"β {beta:g} tuned on dev" in report["reranker_verdict"][
+        "text"]
+    # the fusion cannot do worse on dev than the first stage alone (β 0 is in the grid)
+    curve = report["rerank_beta_tuning"]["ndcg@10_by_beta"]
+    assert curve[beta] >= curve[0.0]
 
 
 def test_a_reranked_sample_is_compared_with_its_own_first_stage(pipeline, tiny_assets):
@@ -186,3 +194,22 @@ def test_revntk_is_saved_for_inference(tiny_assets, tmp_path):
     assert info["kind"] == "trm" and info["revntk_factor"] == 8.0 and info["trained_rope_theta"] == 20000.0
     model, _, _ = load_final(final)
     assert model.encoder.rotary.theta == 20000.0 and model.encoder.rotary.ntk_factor == 8.0
+
+
+def test_idf_sparse_prior_comes_from_the_training_documents_once(tiny_assets, tiny_tokenizer):
+    from data_prep.pairs import read_pairs
+    from encoder.heads import idf_prior
+    from encoder.train_contrastive import set_sparse_prior
+
+    records = read_pairs(tiny_assets.data.pairs)[:200]
+    vocab = special_ids(tiny_tokenizer).padded_vocab_size
+    config = ModelConfig(vocab_size=vocab, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    model = TextRepresentationModel(config, tuple(special_ids(tiny_tokenizer).all_special))
+    set_sparse_prior(model, "none", records, tiny_tokenizer)
+    assert torch.all(model.head.token_prior == 1)
+    set_sparse_prior(model, "idf", records, tiny_tokenizer)
+    texts = sorted({r.positive for r in records} | {n for r in records for n in r.negatives})
+    expected = idf_prior([tiny_tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts], vocab)
+    assert torch.allclose(model.head.token_prior, expected)
+    set_sparse_prior(model, "idf", records[:10], tiny_tokenizer)  # a prior already set (a TRM init) is kept
+    assert torch.allclose(model.head.token_prior, expected)

@@ -33,6 +33,9 @@ def weight_every_token_(model) -> None:
     exactly which ids the head drops, so a wrong `special_token_ids` buffer cannot pass by luck."""
     with torch.no_grad():
         model.head.sparse_linear.bias.fill_(4.0)
+        # and a token prior that is not all ones, so an export that dropped it could not match
+        model.head.token_prior.copy_(torch.rand(model.config.vocab_size, generator=torch.Generator().manual_seed(3))
+                                     + 0.5)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +94,8 @@ def test_trm_dense_and_token_logits_match(exported):
     batch, info, hidden = _ours(model.encoder, out["input_ids"], out["attention_mask"])
     ours = model(batch)
     assert _max_diff(out["trm_hidden"], pad(hidden, info)) < TOL
-    assert _max_diff(out["trm_sparse_logits"], pad(model.head.sparse_linear(hidden), info)) < TOL
+    assert _max_diff(out["trm_sparse_logits"], pad(model.head.sparse_logits(hidden, batch.input_ids)[:, None],
+                                                   info)) < TOL
     assert _max_diff(out["st_dense"], ours.dense) < TOL
     assert torch.allclose(out["st_dense"].norm(dim=-1), torch.ones(len(TEXTS)), atol=1e-5)
     assert out["st_dense_truncated"].shape == (len(TEXTS), TRUNCATE_DIM)

@@ -138,6 +138,13 @@ def test_task_import_matches_reference_and_exports_back(tmp_path, kind):
     assert all(torch.equal(back[k], expected[k]) for k in expected)
     back_cfg = json.loads((tmp_path / "back" / "config.json").read_text())
     assert back_cfg["rope_scaling"] == {"type": "ntk", "factor": 8.0} and back_cfg["model_type"] == "new"
+    if kind == "trm":  # imported weights have no token prior; one the layout cannot hold is refused, not dropped
+        assert torch.all(model.head.token_prior == 1)
+        with torch.no_grad():
+            model.head.token_prior[7] = 2.0
+        with pytest.raises(ValueError, match="head.token_prior"):
+            save_mgte(model, tmp_path / "with_prior")
+        assert not (tmp_path / "with_prior").exists()
 
 
 def test_import_rejects_unknown_keys_and_options(tmp_path):
