@@ -137,7 +137,7 @@ class PipelineConfig:
     # which held-out-domain sets the reranker re-orders: all, mono (one language; the cross-lingual sets get the
     # first stages only: reranking is most of an evaluation's cost) or none
     heldout_rerank: str = "all"
-    heldout_rerank_queries: int = 0  # > 0: rerank a fixed random sample of that many test queries per held-out set
+    rerank_queries: int = 0  # > 0: rerank a fixed random sample of that many test (and dev) queries of each set
     rerank_max_length: int = 0  # tokens of each query-document pair the reranker reads in evaluation; 0 = the model's
     longdoc: bool = True  # long-document needle evaluation (what 8192 tokens buy over 512)
     longdoc_overrides: list[str] = field(default_factory=list)
@@ -207,7 +207,7 @@ class Pipeline:
         settings = {"data": asdict(self.config.data), "tokenizer": asdict(self.config.tokenizer),
                     "shards": self.config.shard_max_length,
                     "evaluate": [self.config.rerank_top_k, self.config.heldout_rerank,
-                                 self.config.heldout_rerank_queries, self.config.rerank_max_length],
+                                 self.config.rerank_queries, self.config.rerank_max_length],
                     "longdoc": self.config.longdoc_overrides,
                     "reranker": [asdict(self.config.reranker), self.config.reranker_init, self.config.reranker_pairs],
                     "trm_ft": [asdict(self.config.trm_ft), self.config.long_pair_lengths,
@@ -439,6 +439,7 @@ class Pipeline:
         report = run_evaluation(data, tokenizer, trm, reranker, untrained, split="test",
                                 rerank_top_k=self.config.rerank_top_k, dims=info.get("matryoshka_dims", []),
                                 rerank_max_length=self.config.rerank_max_length or None,
+                                rerank_queries=self.config.rerank_queries,
                                 out_dir=directory, progress=lambda m: self.log(f"[evaluate] {m}"))
         heldout, heldout_sets = {}, {}
         for name, path in self.records["data"]["outputs"].get("heldout", {}).items():
@@ -448,7 +449,7 @@ class Pipeline:
             reranks = self.config.heldout_rerank == "all" or (self.config.heldout_rerank == "mono" and "/mono-" in name)
             run_evaluation(heldout_sets[name], tokenizer, trm, reranker if reranks else None, split="test",
                            rerank_top_k=self.config.rerank_top_k, out_dir=out_dir,
-                           rerank_queries=self.config.heldout_rerank_queries,
+                           rerank_queries=self.config.rerank_queries,
                            rerank_max_length=self.config.rerank_max_length or None,
                            progress=lambda m, n=name: self.log(f"[evaluate {n}] {m}"))
             heldout[name] = str(out_dir / "results.json")
@@ -540,7 +541,7 @@ def validate_stage_settings(config: PipelineConfig) -> None:
     is reported (naming the stage and the field) before the first stage runs."""
     if config.heldout_rerank not in ("all", "mono", "none"):
         raise ValueError(f"heldout_rerank: expected all, mono or none, got {config.heldout_rerank!r}")
-    for name in ("heldout_rerank_queries", "rerank_max_length"):
+    for name in ("rerank_queries", "rerank_max_length"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name}: must be >= 0, got {getattr(config, name)}")
     if not config.reranker_pairs or set(config.reranker_pairs) - {"ft", "cpt"}:

@@ -222,7 +222,7 @@ def test_heldout_rerank_chooses_the_sets_the_reranker_reorders(corpus_pipeline, 
 def test_pipeline_settings_are_checked_before_any_stage(tmp_path):
     for bad, match in ((["heldout_rerank=some"], "heldout_rerank: expected all, mono or none"),
                        (["reranker_init=bert"], "reranker_init: expected mlm or trm"),
-                       (["heldout_rerank_queries=-1"], "heldout_rerank_queries: must be >= 0"),
+                       (["rerank_queries=-1"], "rerank_queries: must be >= 0"),
                        (["rerank_max_length=-2"], "rerank_max_length: must be >= 0"),
                        (["model_overrides=[train.max_steps=3]"], "model_overrides: 'train.max_steps=3' is not"),
                        (["model_overrides=[model.pooling=max]"], "model.pooling: expected cls or mean")):
