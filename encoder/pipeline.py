@@ -72,6 +72,7 @@ RUN_CONFIGS = {"mlm_stage1": train_mlm.MLMRunConfig, "mlm_stage2": train_mlm.MLM
                "trm_cpt": train_contrastive.TRMRunConfig, "trm_ft": train_contrastive.TRMRunConfig,
                "reranker": train_reranker.RerankerRunConfig}
 DONE = "STAGE_DONE.json"
+MLM_EVAL_TEXTS = 200  # documents per held-out set scored for masked-token accuracy (tens of thousands of masks)
 STARTED = "STAGE_KEY"  # written when a stage starts: the settings its directory's contents belong to
 
 
@@ -464,7 +465,7 @@ class Pipeline:
         texts = {"in-domain": unseen_texts(indomain)}
         for name, data in heldout.items():
             if "/mono-" in name:
-                texts[name] = [doc_text(doc) for doc in data.corpus.values()]
+                texts[name] = [doc_text(data.corpus[d]) for d in sorted(data.corpus)[:MLM_EVAL_TEXTS]]
         tokenizer = load_tokenizer(self.out("tokenizer", "dir"))
         scores: dict[str, dict] = {}
         for stage in ("mlm_stage1", "mlm_stage2"):
