@@ -185,9 +185,14 @@ def pool(hidden: Tensor, batch: UnpaddedBatch, mode: str) -> Tensor:
 
 
 def idf_prior(documents: list[list[int]], vocab_size: int) -> Tensor:
-    """An IDF-like `token_prior` `[vocab_size]` from token-id documents: BM25's idf, ln(1 + (N - df + .5) /
-    (df + .5)), scaled so that the average running-text token of `documents` weighs 1 (the scale the sparse
-    temperature was chosen for). Ids in no document get the largest idf, as a word seen once would."""
+    """An IDF-like `token_prior` `[vocab_size]` from token-id documents: the square root of BM25's idf,
+    ln(1 + (N - df + .5) / (df + .5)), scaled so that the average running-text token of `documents` weighs 1.
+
+    The square root because a lexical score multiplies the query's weight by the document's: with the root on
+    each side a matched token counts its idf once, as in BM25. (The idf itself on both sides squares it: a
+    query of five rare tokens then scores in the tens, the sparse softmax at temperature 0.05 turns one-hot,
+    and fine-tuning drove the sparse head below an untrained one: measured, docs/small_preset.md.) Ids in no
+    document get the largest value, as a word seen once would."""
     if not documents:
         raise ValueError("documents: an IDF prior needs at least one document")
     df = torch.zeros(vocab_size, dtype=torch.float64)
@@ -199,7 +204,7 @@ def idf_prior(documents: list[list[int]], vocab_size: int) -> Tensor:
     n = len(documents)
     idf = torch.log1p((n - df + 0.5) / (df + 0.5))
     mean = (idf * counts).sum() / counts.sum().clamp(min=1)
-    return (idf / mean).float()
+    return (idf / mean).sqrt().float()
 
 
 def dense_scores(queries: Tensor, docs: Tensor) -> Tensor:

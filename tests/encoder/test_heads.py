@@ -135,15 +135,15 @@ def test_reranker_one_logit_per_pair_independent_of_packing():
     assert torch.allclose(scores, alone, atol=1e-5)
 
 
-def test_idf_prior_ranks_tokens_by_rarity_and_averages_one_per_running_token():
+def test_idf_prior_is_the_root_of_bm25_idf_ranked_by_rarity():
     docs = [[5, 6, 7], [5, 6], [5, 8], [5]]
     prior = idf_prior(docs, 10).double()
     n = len(docs)
     df = {5: 4, 6: 2, 7: 1, 8: 1}
     idf = {t: math.log1p((n - d + 0.5) / (d + 0.5)) for t, d in df.items()}
     mean = sum(idf[t] for doc in docs for t in doc) / sum(len(doc) for doc in docs)
-    for token, value in idf.items():
-        assert prior[token].item() == pytest.approx(value / mean, rel=1e-6)
+    for token, value in idf.items():  # each side carries the root: a matched token counts its idf once
+        assert prior[token].item() == pytest.approx(math.sqrt(value / mean), rel=1e-6)
     assert prior[5] < prior[6] < prior[7] == prior[8] < prior[9]  # unseen ids: the rarest of all
     with pytest.raises(ValueError, match="at least one document"):
         idf_prior([], 10)
