@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from encoder import pipeline
+from encoder.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_DATA = ["data.embedded_size=tiny", "data.use_udhr=false"]
@@ -55,3 +56,9 @@ def test_stage_overrides_are_validated_at_start_up(override, message, tmp_path, 
     assert pipeline.main([f"workdir={tmp_path}", override]) == 2
     assert message in capsys.readouterr().err
     assert not tmp_path.joinpath("data").exists()
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (ROOT / "configs").glob("pipeline_*.yaml")))
+def test_every_pipeline_preset_passes_the_start_up_checks(preset, tmp_path):
+    config = load_config(pipeline.PipelineConfig, ROOT / "configs" / preset, [f"workdir={tmp_path}"])
+    pipeline.Pipeline(config, log=lambda _: None)
