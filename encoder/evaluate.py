@@ -299,11 +299,13 @@ def plot_matryoshka(curves: dict[str, dict[int, float]], path: Path) -> Path:
 
 
 def markdown_table(results: dict[str, dict[str, dict[str, float]]], metric: str = "ndcg@10") -> str:
-    """Rows = systems, columns = query groups, cells = `metric`."""
+    """Rows = systems, columns = query groups, cells = `metric` ("-" where a system has no query of a group: a
+    reranked row over a sample of the queries)."""
     groups = list(next(iter(results.values())))
     lines = [f"| {metric} | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
     for system, by_group in results.items():
-        lines.append(f"| {system} | " + " | ".join(f"{by_group[g][metric]:.3f}" for g in groups) + " |")
+        lines.append(f"| {system} | " + " | ".join(f"{by_group[g][metric]:.3f}" if g in by_group else "-"
+                                                     for g in groups) + " |")
     counts = next(iter(results.values()))
     lines.append("| queries | " + " | ".join(str(int(counts[g]["queries"])) for g in groups) + " |")
     return "\n".join(lines)

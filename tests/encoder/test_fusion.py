@@ -11,6 +11,7 @@ from encoder.evaluate import (
     collapse_diagnostics,
     fused_run,
     hybrid_matrix,
+    markdown_table,
     rank_correlation,
     rerank_sample,
     reranker_verdict,
@@ -154,3 +155,10 @@ def test_beta_search_trusts_a_reranker_that_helps_and_ignores_one_that_does_not(
     bad = {"q1": [1.0, 0.0, 0.5], "q2": [2.0, 1.0, 0.0]}  # pushes the relevant documents down
     beta, curve = search_beta(first, bad, qrels)
     assert beta == 0.0 and curve[0.0] > curve[1.0]
+
+
+def test_markdown_table_marks_groups_a_sampled_row_does_not_cover():
+    table = {"hybrid": {"all": {"ndcg@10": 0.5, "queries": 4}, "lang:ar": {"ndcg@10": 0.25, "queries": 2}},
+             "hybrid + rerank@20": {"all": {"ndcg@10": 0.75, "queries": 2}}}
+    lines = markdown_table(table).splitlines()
+    assert lines[2] == "| hybrid | 0.500 | 0.250 |" and lines[3] == "| hybrid + rerank@20 | 0.750 | - |"
