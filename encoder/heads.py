@@ -195,12 +195,10 @@ def idf_prior(documents: list[list[int]], vocab_size: int) -> Tensor:
     document get the largest value, as a word seen once would."""
     if not documents:
         raise ValueError("documents: an IDF prior needs at least one document")
-    df = torch.zeros(vocab_size, dtype=torch.float64)
-    counts = torch.zeros(vocab_size, dtype=torch.float64)
-    for ids in documents:
-        ids = torch.as_tensor(ids, dtype=torch.long)
-        df[ids.unique()] += 1
-        counts += torch.bincount(ids, minlength=vocab_size).double()
+    docs = [torch.as_tensor(ids, dtype=torch.long) for ids in documents]
+    # two bincounts over all documents at once: each document's distinct ids (document frequency) and every id
+    df = torch.bincount(torch.cat([d.unique() for d in docs]), minlength=vocab_size).double()
+    counts = torch.bincount(torch.cat(docs), minlength=vocab_size).double()
     n = len(documents)
     idf = torch.log1p((n - df + 0.5) / (df + 0.5))
     mean = (idf * counts).sum() / counts.sum().clamp(min=1)
