@@ -217,6 +217,12 @@ def write_longdoc(data: BeirData, needles: Sequence[NeedleSpan], directory: str 
     return directory
 
 
+def first_token_reaching(spans: Sequence[tuple[int, int]], char: int) -> int:
+    """Index of the first non-empty token (in an offset mapping) that ends past character `char`: the token
+    where text starting at `char` begins; `len(spans)` when none does."""
+    return next((i for i, (s, e) in enumerate(spans) if e > s and e > char), len(spans))
+
+
 def needle_token_offsets(directory: str | Path, tokenizer) -> dict[str, int]:
     """Query id -> index of the needle section's first token in its encoded document (`<s>` = 0), with the
     run's fast tokenizer: `> 511` means a 512-token truncation cannot see the answer."""
@@ -232,6 +238,5 @@ def needle_token_offsets(directory: str | Path, tokenizer) -> dict[str, int]:
             encoded[doc_id] = tokenizer(corpus[doc_id]["text"], return_offsets_mapping=True,
                                         add_special_tokens=True)["offset_mapping"]
         spans = encoded[doc_id]
-        offsets[row["query_id"]] = next((i for i, (s, e) in enumerate(spans) if e > s and e > row["char_start"]),
-                                        len(spans))
+        offsets[row["query_id"]] = first_token_reaching(spans, row["char_start"])
     return offsets

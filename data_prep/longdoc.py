@@ -37,6 +37,7 @@ from data_prep.embedded import (
     udhr_units,
 )
 from data_prep.files import DataError, exit_status, read_jsonl, write_jsonl
+from data_prep.heldout import first_token_reaching
 from data_prep.pairs import PairRecord, write_pairs
 
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192)
@@ -311,7 +312,7 @@ def heldout_longdoc_set(directory: str | Path, tokenizer, split: str = "test",
         if doc_id not in encoded:
             encoded[doc_id] = tokenizer(beir.corpus[doc_id]["text"], return_offsets_mapping=True)["offset_mapping"]
         spans = encoded[doc_id]
-        start = next((i for i, (s, e) in enumerate(spans) if e > s and e > row["char_start"]), len(spans))
+        start = first_token_reaching(spans, row["char_start"])
         end = next((i for i, (s, e) in enumerate(spans) if e > s and s >= row["char_end"]), len(spans))
         needles[row["query_id"]] = Needle(
             query_id=row["query_id"], doc_id=doc_id, unit_id=row["section_key"],
