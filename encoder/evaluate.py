@@ -205,9 +205,10 @@ FIRST_STAGE = "hybrid"  # the candidates the reranker re-orders: the best single
 RERANK_MARGIN = 0.005  # nDCG@10 a reranker must add over its first stage to be called better
 
 
-def reranker_verdict(first_stage: float, reranked: float, top_k: int, queries: int | None = None) -> dict[str, Any]:
-    """First-stage vs reranked nDCG@10 (over the same queries), and a sentence that calls the reranker better
-    only when it is."""
+def reranker_verdict(first_stage: float, reranked: float, top_k: int, queries: int | None = None,
+                     subject: str = "the reranker") -> dict[str, Any]:
+    """First-stage vs reranked nDCG@10 (over the same queries), and a sentence that calls the reranker (named
+    `subject`) better only when it is."""
     sample = f"; {queries} sampled queries" if queries else ""
     delta = reranked - first_stage
     if delta > RERANK_MARGIN:
@@ -216,7 +217,7 @@ def reranker_verdict(first_stage: float, reranked: float, top_k: int, queries: i
         word = "HURTS"
     else:
         word = "does not change"
-    text = (f"the reranker {word} its first stage: {FIRST_STAGE} top-{top_k} nDCG@10 {first_stage:.3f} -> "
+    text = (f"{subject} {word} its first stage: {FIRST_STAGE} top-{top_k} nDCG@10 {first_stage:.3f} -> "
             f"{reranked:.3f} ({delta:+.3f}{sample})")
     return {"first_stage": FIRST_STAGE, "first_stage_ndcg@10": round(first_stage, 4),
             "reranked_ndcg@10": round(reranked, 4), "improves": word == "improves", "text": text}
@@ -379,8 +380,7 @@ def evaluate_reranker(reranker: Reranker, tokenizer, data: BeirData, result: dic
     progress(f"reranking the {FIRST_STAGE} top-{top_k} of {len(sample)} queries")
     first_stage = {q: result["runs"][FIRST_STAGE][q] for q in sample}
     scores = rerank_scores(reranker, tokenizer, data, first_stage, top_k, max_length)
-    sample_groups = {k: v for k, v in ((name, [q for q in ids if q in first_stage]) for name, ids in groups.items())
-                     if v}
+    sample_groups = {name: kept for name, ids in groups.items() if (kept := [q for q in ids if q in first_stage])}
     first = mean_metrics(first_stage, qrels, sample)["ndcg@10"]
     sampled = len(sample) if len(sample) < len(query_ids) else None
     alone = f"{FIRST_STAGE} + rerank@{top_k}"
@@ -399,8 +399,8 @@ def evaluate_reranker(reranker: Reranker, tokenizer, data: BeirData, result: dic
         tuning = {"split": "dev", "queries": len(dev_sample), "ndcg@10_by_beta": curve}
         fused = f"{FIRST_STAGE} + rerank@{top_k} fused"
         table[fused] = grouped_metrics(fused_run(first_stage, scores, beta), qrels, sample_groups)
-        verdict = reranker_verdict(first, table[fused]["all"]["ndcg@10"], top_k, sampled)
-        verdict["text"] = verdict["text"].replace("the reranker", f"the reranker (fused, β {beta:g} tuned on dev)", 1)
+        verdict = reranker_verdict(first, table[fused]["all"]["ndcg@10"], top_k, sampled,
+                                   subject=f"the reranker (fused, β {beta:g} tuned on dev)")
     else:
         verdict = dict(out["reranker_alone_verdict"])
     out.update(reranker_verdict={**verdict, "queries": len(sample), "beta": beta}, rerank_beta=beta,
