@@ -62,6 +62,7 @@ from .longdoc_eval import LongDocEvalConfig, run_longdoc_eval
 from .mlm_eval import mlm_accuracy, unseen_texts
 from .report import write_report
 from .runlock import RunLock, RunLockedError
+from .training import require
 
 STAGES = ("data", "tokenizer", "shards", "mlm_stage1", "mlm_stage2", "trm_cpt", "trm_ft", "reranker", "evaluate",
           "longdoc", "export", "report")
@@ -540,15 +541,13 @@ class Pipeline:
 def validate_stage_settings(config: PipelineConfig) -> None:
     """Load every trainer stage's preset with its overrides, and the long-document overrides, so a bad value
     is reported (naming the stage and the field) before the first stage runs."""
-    if config.heldout_rerank not in ("all", "mono", "none"):
-        raise ValueError(f"heldout_rerank: expected all, mono or none, got {config.heldout_rerank!r}")
+    require(config.heldout_rerank in ("all", "mono", "none"), "heldout_rerank", "expected all, mono or none",
+            config.heldout_rerank)
     for name in ("rerank_queries", "rerank_max_length"):
-        if getattr(config, name) < 0:
-            raise ValueError(f"{name}: must be >= 0, got {getattr(config, name)}")
-    if not config.reranker_pairs or set(config.reranker_pairs) - {"ft", "cpt"}:
-        raise ValueError(f"reranker_pairs: expected a non-empty list of ft and cpt, got {config.reranker_pairs}")
-    if config.reranker_init not in ("mlm", "trm"):
-        raise ValueError(f"reranker_init: expected mlm or trm, got {config.reranker_init!r}")
+        require(getattr(config, name) >= 0, name, "must be >= 0", getattr(config, name))
+    require(bool(config.reranker_pairs) and set(config.reranker_pairs) <= {"ft", "cpt"}, "reranker_pairs",
+            "expected a non-empty list of ft and cpt", config.reranker_pairs)
+    require(config.reranker_init in ("mlm", "trm"), "reranker_init", "expected mlm or trm", config.reranker_init)
     for override in config.model_overrides:
         if not override.startswith("model."):
             raise ValueError(f"model_overrides: {override!r} is not a model.* key")
