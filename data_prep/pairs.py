@@ -82,6 +82,30 @@ def write_pairs(records: Sequence[PairRecord], path: str | Path) -> None:
     write_jsonl(path, [r.to_dict() for r in records])
 
 
+# ---- selection ------------------------------------------------------------------------------------------
+def source_matches(source: str, names: Sequence[str]) -> bool:
+    """`source` is one of `names`, or a kind of one (`manpages:xheading` matches `manpages`)."""
+    return any(source == name or source.startswith(f"{name}:") for name in names)
+
+
+def select_pairs(records: Sequence[PairRecord], sources: Sequence[str] = (),
+                 unique_queries: bool = False) -> list[PairRecord]:
+    """The records a trainer keeps: those of `sources` (see `source_matches`; empty = every source), and with
+    `unique_queries` only those whose query names one positive per document language in the kept records.
+
+    A query paired with several texts of one language (a heading repeated across pages: "Options", "Syntax:")
+    cannot tell them apart; the held-out sets drop such headings too (data_prep.heldout), so training on them
+    teaches a task no evaluation asks. The same query with one positive in each of several languages (a
+    heading -> its section, and -> the same section in English) is one answer, and is kept."""
+    kept = [r for r in records if not sources or source_matches(r.source, sources)]
+    if unique_queries:
+        positives: dict[tuple[str, str], set[str]] = {}
+        for r in kept:
+            positives.setdefault((normalise(r.query), r.doc_lang), set()).add(normalise(r.positive))
+        kept = [r for r in kept if len(positives[(normalise(r.query), r.doc_lang)]) == 1]
+    return kept
+
+
 # ---- hard-negative mining ------------------------------------------------------------------------------
 @dataclass
 class MiningStats:

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from data_prep.pairs import PairRecord, equivalence_key, linked_texts, mine_hard_negatives, normalise, read_pairs
+from data_prep.pairs import (PairRecord, equivalence_key, linked_texts, mine_hard_negatives, normalise, read_pairs,
+                             select_pairs)
 from data_prep.sampling import sampling_probabilities
 from data_prep.tokenizer import special_ids
 
@@ -27,6 +28,8 @@ from .training import require
 @dataclass
 class PairDataConfig:
     pairs: str = "runs/pairs.jsonl"  # data_prep.pairs jsonl (query, positive, negatives, langs, source)
+    sources: list[str] = field(default_factory=list)  # train on these sources only ("manpages" = manpages:*); [] all
+    unique_queries: bool = False  # drop records whose query names several different positives
     tokenizer: str = "runs/tokenizer"  # a saved HF tokenizer directory (data_prep.tokenizer)
     max_query_length: int = 512  # mGTE CPT: queries 512, documents 1024 tokens
     max_doc_length: int = 1024
@@ -247,9 +250,18 @@ def mine_negatives(records: list[PairRecord], model_dir: str, num_negatives: int
 
 
 def load_records(config: Any, device: torch.device) -> list[PairRecord]:
-    """The pair records of `config.pairs` (a PairDataConfig or the reranker's data section), with hard negatives
-    mined by the TRM `config.negatives_from` when one is named and negatives are wanted."""
+    """The pair records of `config.pairs` (a PairDataConfig or the reranker's data section) that `data.sources` and
+    `data.unique_queries` keep (data_prep.pairs.select_pairs), with hard negatives mined by the TRM
+    `config.negatives_from` when one is named and negatives are wanted."""
     records = read_pairs(config.pairs)
+    kept = select_pairs(records, config.sources, config.unique_queries)
+    if not kept:
+        raise ValueError(f"data.sources: no record of {config.pairs} is from {config.sources} "
+                         f"(its sources: {sorted({r.source for r in records})})")
+    if len(kept) < len(records):
+        print(f"pairs: kept {len(kept)} of {len(records)} records (data.sources={config.sources}, "
+              f"data.unique_queries={config.unique_queries})")
+    records = kept
     if config.negatives_from and config.num_hard_negatives:
         records = mine_negatives(records, config.negatives_from, config.num_hard_negatives,
                                  tuple(config.mining_rank_window), device)

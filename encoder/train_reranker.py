@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -47,6 +47,8 @@ from .training import RunConfig, TrainConfig, build_engine, build_optimizer, req
 @dataclass
 class RerankerDataConfig:
     pairs: str = "runs/pairs.jsonl"  # data_prep.pairs jsonl
+    sources: list[str] = field(default_factory=list)  # train on these sources only ("manpages" = manpages:*); [] all
+    unique_queries: bool = False  # drop records whose query names several different positives
     tokenizer: str = "runs/tokenizer"
     max_length: int = 8192  # the whole `q + d` pair, specials included
     batch_size: int = 32  # queries per rank per step; each brings 1 + hard + random documents

@@ -79,8 +79,10 @@ def test_checks_follow_the_saved_figures(tmp_path, capsys):
     assert checks["heldout_dense_above_random"].startswith("pass: dense 0.217 vs random 0.050")
     assert checks["longdoc_whole_beats_trunc512"] == "pass: whole 0.800 vs 512 tokens 0.300"
     printed = capsys.readouterr().out
-    row = ("| debian-handbook/cross-de | 20 | 50 | 0.050 | 0.100 | 0.150 | 0.100 | 0.200 | 0.100 | 0.100 | 0.4 | 1 "
-           "| 0.30 |")
+    # the reranking columns: the first stage over the reranked queries, the reranker alone, the fused ranking
+    assert "| hybrid | first stage (reranked queries) | reranked_alone | reranked | γ | β | doc cos |" in printed
+    row = ("| debian-handbook/cross-de | 20 | 50 | 0.050 | 0.100 | 0.150 | 0.100 | 0.200 | 0.200 | 0.100 | 0.100 "
+           "| 0.4 | 1 | 0.30 |")
     assert row in printed
 
 

@@ -7,7 +7,8 @@ import torch
 
 from data_prep.beir import BeirData, read_beir, write_beir
 from data_prep.files import DataError
-from data_prep.pairs import PairRecord, hashing_encoder, linked_texts, mine_hard_negatives, read_pairs, write_pairs
+from data_prep.pairs import (PairRecord, hashing_encoder, linked_texts, mine_hard_negatives, read_pairs, select_pairs,
+                             write_pairs)
 
 
 def test_pairs_round_trip(tmp_path):
@@ -88,6 +89,24 @@ def _beir(tmp_path):
                     queries={"q1": {"text": "Hallo", "lang": "de"}, "q2": {"text": "Welt"}},
                     qrels={"test": {"q1": {"d1": 1}}, "dev": {"q2": {"d2": 1}}})
     return data, write_beir(data, tmp_path / "beir")
+
+
+def test_select_pairs_keeps_named_sources_and_drops_queries_that_name_two_texts_of_one_language():
+    records = [
+        PairRecord("Options", "The options of ls.", (), "en", "en", "manpages:ft-heading"),
+        PairRecord("OPTIONS ", "The options of cp.", (), "en", "en", "manpages:ft-heading"),  # same query, 2nd text
+        PairRecord("Optionen", "Die Optionen von ls.", (), "de", "de", "manpages:ft-heading"),
+        PairRecord("Optionen", "The options of ls.", (), "de", "en", "manpages:xheading"),  # one per language
+        PairRecord("Redes", "Las redes.", (), "es", "es", "gnome-user-docs:ft-heading"),
+        PairRecord("s", "s", (), "en", "fr", "django"),
+        PairRecord("Name", "x" * 20, (), "en", "en", "manpagesextra"),  # a prefix, not a kind of manpages
+    ]
+    assert select_pairs(records) == records
+    assert select_pairs(records, ["manpages"]) == records[:4]
+    assert select_pairs(records, ["manpages", "gnome-user-docs"], unique_queries=True) == records[2:5]
+    # ambiguity is judged among the kept records: cp's "OPTIONS" alone is unique
+    assert select_pairs(records[1:], ["manpages"], unique_queries=True) == records[1:4]
+    assert select_pairs(records, ["udhr"]) == []
 
 
 def test_beir_round_trip(tmp_path):

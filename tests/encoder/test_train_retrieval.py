@@ -213,3 +213,23 @@ def test_idf_sparse_prior_comes_from_the_training_documents_once(tiny_assets, ti
     assert torch.allclose(model.head.token_prior, expected)
     set_sparse_prior(model, "idf", records[:10], tiny_tokenizer)  # a prior already set (a TRM init) is kept
     assert torch.allclose(model.head.token_prior, expected)
+
+
+def test_trainers_read_only_the_selected_pairs(tmp_path):
+    from data_prep.pairs import PairRecord, write_pairs
+    from encoder.pair_batching import PairDataConfig, load_records
+    from encoder.train_reranker import RerankerDataConfig
+
+    records = [PairRecord("Options", "The options of ls.", (), "en", "en", "manpages:ft-heading"),
+               PairRecord("Options", "The options of cp.", (), "en", "en", "manpages:ft-heading"),
+               PairRecord("Mots", "Des mots.", (), "fr", "fr", "gnome-user-docs:ft-heading"),
+               PairRecord("oui", "yes", (), "fr", "en", "django")]
+    path = tmp_path / "pairs.jsonl"
+    write_pairs(records, path)
+    cpu = torch.device("cpu")
+    assert load_records(PairDataConfig(pairs=str(path)), cpu) == records
+    for config in (PairDataConfig(pairs=str(path), sources=["manpages", "gnome-user-docs"], unique_queries=True),
+                   RerankerDataConfig(pairs=str(path), sources=["manpages", "gnome-user-docs"], unique_queries=True)):
+        assert load_records(config, cpu) == records[2:3]
+    with pytest.raises(ValueError, match=r"data.sources: no record .*pairs.jsonl is from \['udhr'\].*'django'"):
+        load_records(PairDataConfig(pairs=str(path), sources=["udhr"]), cpu)
