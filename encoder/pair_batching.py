@@ -15,8 +15,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from data_prep.pairs import (PairRecord, equivalence_key, linked_texts, mine_hard_negatives, normalise, read_pairs,
-                             select_pairs)
+from data_prep.pairs import (
+    PairRecord,
+    equivalence_key,
+    linked_texts,
+    mine_hard_negatives,
+    normalise,
+    read_pairs,
+    select_pairs,
+)
 from data_prep.sampling import sampling_probabilities
 from data_prep.tokenizer import special_ids
 

@@ -7,8 +7,15 @@ import torch
 
 from data_prep.beir import BeirData, read_beir, write_beir
 from data_prep.files import DataError
-from data_prep.pairs import (PairRecord, hashing_encoder, linked_texts, mine_hard_negatives, read_pairs, select_pairs,
-                             write_pairs)
+from data_prep.pairs import (
+    PairRecord,
+    hashing_encoder,
+    linked_texts,
+    mine_hard_negatives,
+    read_pairs,
+    select_pairs,
+    write_pairs,
+)
 
 
 def test_pairs_round_trip(tmp_path):
