@@ -1,0 +1,58 @@
+"""bench/pair_fit.py: does a model rank its own pairs' positives first, source by source."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+from data_prep.pairs import PairRecord, write_pairs
+from data_prep.tokenizer import special_ids
+from encoder.artifacts import save_final
+from encoder.config import ModelConfig
+from encoder.heads import TextRepresentationModel
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_pair_fit", ROOT / "bench" / "pair_fit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rank_counts_only_competing_columns_and_ties_against_the_positive():
+    bench = load_bench()
+    scores = torch.tensor([[0.9, 0.5, 0.95], [0.1, 0.2, 0.2], [0.0, 0.0, 1.0]])
+    competing = torch.ones(3, 3, dtype=torch.bool)
+    competing[0, 2] = False  # a translation of query 0's positive
+    assert bench.ranks(scores, competing).tolist() == [1, 2, 1]
+
+
+def test_a_model_fits_identity_pairs_and_not_shuffled_ones(tiny_assets, tiny_tokenizer, tmp_path):
+    bench = load_bench()
+    special = special_ids(tiny_tokenizer)
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=special.padded_vocab_size, hidden_size=32, num_layers=1, num_heads=2,
+                         intermediate_size=64, max_position_embeddings=128, attention_backend="reference")
+    model = TextRepresentationModel(config, special.all_special)
+    final = save_final(tmp_path / "final", model, config, tiny_assets.tokenizer_dir,
+                       {"kind": "trm", "special_token_ids": list(special.all_special)})
+    texts = [f"document number {i} about {word}" for i, word in enumerate(
+        "apples pears rivers mountains engines violins tulips comets glaciers lanterns".split())]
+    same = [PairRecord(t, t, (), "en", "en", "same") for t in texts]
+    # each query paired with the next text (distinct strings on each side, so the pairs link no two positives)
+    shifted = [PairRecord(f"q {t}", f"d {texts[(i + 1) % len(texts)]}", (), "en", "en", "shifted")
+               for i, t in enumerate(texts)]
+    # a record whose positive repeats another's is left out of a group (groups hold distinct positives)
+    pairs = tmp_path / "pairs.jsonl"
+    write_pairs([*same, *shifted, PairRecord("x y z", texts[0], (), "en", "en", "same")], pairs)
+    out = tmp_path / "fit.json"
+    assert bench.main([str(final), str(pairs), "--groups", "2", "--group-size", "5", "--out", str(out)]) == 0
+    rows = {r["source"]: r for r in json.loads(out.read_text())["fits"][0]["rows"]}
+    assert rows["same"]["queries"] == 10 and rows["same"]["random_top1"] == 0.2
+    assert rows["same"]["dense_top1"] == 1.0 and rows["same"]["dense_rank"] == 1.0  # identical text: cosine 1
+    assert rows["shifted"]["dense_top1"] < 0.5
