@@ -45,6 +45,9 @@ class Engine:
             raise ValueError(f"train.precision: expected fp32 or bf16, got {precision!r} (fp16 is not supported)")
         self.model, self.optimizer, self.env = model, optimizer, env
         self.precision, self.max_grad_norm = precision, max_grad_norm
+        # the gradient norm of the last applied step, before clipping (None: not known); logged beside the loss,
+        # because a norm far above max_grad_norm means clipping, not the learning rate, sets the step size
+        self.last_grad_norm: float | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
@@ -112,8 +115,8 @@ class PlainEngine(Engine):
     def step(self, lr: float, apply: bool = True) -> bool:
         if apply:
             set_lr(self.optimizer, lr)
-            if self.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            limit = self.max_grad_norm if self.max_grad_norm > 0 else float("inf")  # inf: measure, never clip
+            self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), limit))
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return apply
@@ -202,6 +205,8 @@ class DeepSpeedEngine(Engine):
         # drops the gradients and does not update, which keeps its internal counters consistent on all ranks
         self.ds.step()
         applied = bool(self.ds.was_step_applied())
+        norm = self.ds.get_global_grad_norm() if applied else None
+        self.last_grad_norm = float(norm) if norm is not None else None
         if applied and not apply:
             raise RuntimeError("DeepSpeed applied an update with a non-finite loss; use ZeRO stage >= 1 "
                                "(its overflow check skips such steps)")

@@ -137,6 +137,8 @@ def run_loop(config: Any, env: DistEnv, engine: Engine, step_fn: Callable[[int],
         shown = {"acc": out.metrics["accuracy"]} if "accuracy" in out.metrics else {}
         rate = progress.update(out.tokens, loss=loss, **shown)
         last = {"loss": loss, **out.metrics, "lr": lr, "skipped": 0.0 if applied else 1.0}
+        if applied and engine.last_grad_norm is not None:
+            last["grad_norm"] = engine.last_grad_norm
         if out.tokens:
             last.update(tokens_seen=tokens_seen, tokens_per_s=round(rate, 1))
         if step % config.log.every == 0 or step == train_cfg.max_steps:

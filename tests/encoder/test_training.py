@@ -82,3 +82,21 @@ def test_logger_truncates_after_resume_step_and_plots(tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
     png = plot_loss_curve(tmp_path / "metrics.jsonl", tmp_path / "loss.png", keys=("loss", "accuracy"))
     assert png.stat().st_size > 1000 and list((tmp_path / "tensorboard").iterdir())
+
+
+@pytest.mark.parametrize("max_grad_norm", [0.0, 0.5])
+def test_plain_engine_reports_the_gradient_norm_before_clipping(max_grad_norm):
+    from encoder.distributed import DistEnv
+    from encoder.engine import PlainEngine
+
+    weight = torch.nn.Parameter(torch.zeros(2))
+    model = torch.nn.Module()
+    model.weight = weight
+    engine = PlainEngine(model, torch.optim.SGD([weight], lr=1.0), DistEnv(), max_grad_norm=max_grad_norm)
+    assert engine.last_grad_norm is None
+    engine.backward((weight * torch.tensor([3.0, 4.0])).sum())  # gradient (3, 4): norm 5
+    engine.step(lr=1.0)
+    assert engine.last_grad_norm == pytest.approx(5.0)
+    # the update is the clipped gradient when a limit is set, the whole one otherwise
+    expected = [-3.0, -4.0] if max_grad_norm == 0 else [-0.3, -0.4]
+    assert weight.detach().tolist() == pytest.approx(expected)
