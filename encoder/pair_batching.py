@@ -135,9 +135,13 @@ class GroupedRecords:
         self.probs = np.array([probs[g] for g in self.names])
         self.batch_size, self.seed, self.rank = batch_size, seed, rank
 
+    def group_at(self, step: int) -> int:
+        """The index (into `names`) of the group every rank draws from at `step`."""
+        return int(np.random.default_rng([self.seed, step]).choice(len(self.groups), p=self.probs))
+
     def pick(self, step: int) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
         """(picked record indices, members of their group, this rank's generator for the step)."""
-        group = np.random.default_rng([self.seed, step]).choice(len(self.groups), p=self.probs)
+        group = self.group_at(step)
         rng = np.random.default_rng([self.seed, step, self.rank + 1])
         members = self.groups[group]
         return rng.choice(members, size=min(self.batch_size, len(members)), replace=False), members, rng
