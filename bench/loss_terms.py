@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="a TRM final/ directory (e.g. the contrastive pre-training's)")
     parser.add_argument("--config", required=True, help="a TRM training YAML (its data and loss sections)")
-    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.pairs=PATH loss.sparse_temperature=1")
+    parser.add_argument("overrides", nargs="*",
+                        help="section.key=value, e.g. data.pairs=PATH loss.sparse_temperature=1.0")
     parser.add_argument("--batches", type=int, default=6, help="steps of the batch order to probe (default 6)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/loss_terms.json"), help="JSON written at the end")
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
