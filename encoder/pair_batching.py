@@ -266,9 +266,12 @@ def load_records(config: Any, device: torch.device) -> list[PairRecord]:
     `config.negatives_from` when one is named and negatives are wanted."""
     records = read_pairs(config.pairs)
     kept = select_pairs(records, config.sources, config.unique_queries)
-    if not kept:
+    if not kept and not select_pairs(records, config.sources):
         raise ValueError(f"data.sources: no record of {config.pairs} is from {config.sources} "
                          f"(its sources: {sorted({r.source for r in records})})")
+    if not kept:
+        raise ValueError(f"data.unique_queries: every query of {config.pairs} (data.sources={config.sources}) "
+                         f"names several texts of one language; nothing is left to train on")
     if len(kept) < len(records):
         print(f"pairs: kept {len(kept)} of {len(records)} records (data.sources={config.sources}, "
               f"data.unique_queries={config.unique_queries})")

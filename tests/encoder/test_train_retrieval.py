@@ -233,3 +233,6 @@ def test_trainers_read_only_the_selected_pairs(tmp_path):
         assert load_records(config, cpu) == records[2:3]
     with pytest.raises(ValueError, match=r"data.sources: no record .*pairs.jsonl is from \['udhr'\].*'django'"):
         load_records(PairDataConfig(pairs=str(path), sources=["udhr"]), cpu)
+    every_query_ambiguous = r"data.unique_queries: every query of .*pairs.jsonl \(data.sources=\['manpages'\]\)"
+    with pytest.raises(ValueError, match=every_query_ambiguous):
+        load_records(PairDataConfig(pairs=str(path), sources=["manpages"], unique_queries=True), cpu)
