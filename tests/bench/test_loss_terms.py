@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import torch
+from bench_scripts import load_bench
 
 from data_prep.pairs import read_pairs
 from data_prep.tokenizer import special_ids
@@ -16,19 +15,10 @@ from encoder.config import ModelConfig
 from encoder.heads import TextRepresentationModel
 from encoder.pair_batching import GroupedRecords
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_loss_terms", ROOT / "bench" / "loss_terms.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_terms_follow_the_trainers_batches_and_only_the_sparse_term_feels_its_temperature(
         tiny_assets, tiny_tokenizer, tmp_path):
-    bench = load_bench()
+    bench = load_bench("loss_terms")
     special = special_ids(tiny_tokenizer)
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=special.padded_vocab_size, hidden_size=32, num_layers=1, num_heads=2,

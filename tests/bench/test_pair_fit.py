@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
+from bench_scripts import load_bench
 
 from data_prep.pairs import PairRecord, write_pairs
 from data_prep.tokenizer import special_ids
@@ -14,18 +13,9 @@ from encoder.artifacts import save_final
 from encoder.config import ModelConfig
 from encoder.heads import TextRepresentationModel
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_pair_fit", ROOT / "bench" / "pair_fit.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_rank_counts_only_competing_columns_and_ties_against_the_positive():
-    bench = load_bench()
+    bench = load_bench("pair_fit")
     scores = torch.tensor([[0.9, 0.5, 0.95], [0.1, 0.2, 0.2], [0.0, 0.0, 1.0]])
     competing = torch.ones(3, 3, dtype=torch.bool)
     competing[0, 2] = False  # a translation of query 0's positive
@@ -33,7 +23,7 @@ def test_rank_counts_only_competing_columns_and_ties_against_the_positive():
 
 
 def test_a_model_fits_identity_pairs_and_not_shuffled_ones(tiny_assets, tiny_tokenizer, tmp_path):
-    bench = load_bench()
+    bench = load_bench("pair_fit")
     special = special_ids(tiny_tokenizer)
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=special.padded_vocab_size, hidden_size=32, num_layers=1, num_heads=2,

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "bench" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench_scripts import load_bench
 
 
 def results(queries: int, first_stage: str = "hybrid", fused: tuple[float, float] | None = None,
@@ -52,7 +44,7 @@ def fake_run(root: Path, sets: dict[str, dict], longdoc_rows: list[dict] | None 
 
 
 def test_checks_follow_the_saved_figures(tmp_path, capsys):
-    bench = load_bench()
+    bench = load_bench("quality")
     run = fake_run(tmp_path / "run", {
         "in-domain": results(100, random=0.02, bm25=0.5, dense=0.6, sparse=0.5, hybrid=0.7, hybrid_rerank=0.9),
         # held-out: hybrid above BM25 on mono (pooled by queries: (0.6*10 + 0.3*30)/40 = 0.375 vs 0.35)
@@ -89,7 +81,7 @@ def test_checks_follow_the_saved_figures(tmp_path, capsys):
 def test_reranker_checks_judge_the_fused_ranking_and_report_the_reranker_alone(tmp_path):
     """A reranker that hurts alone, fused with β 0 on dev (= its first stage): not below, not better, and the
     reranker-alone check says it fails on its own."""
-    bench = load_bench()
+    bench = load_bench("quality")
     run = bench.read_run(fake_run(tmp_path / "run", {
         "in-domain": results(50, random=0.02, bm25=0.5, dense=0.6, sparse=0.5, hybrid=0.7, hybrid_rerank=0.9),
         "debian-handbook/mono-de": results(40, random=0.05, bm25=0.5, dense=0.4, sparse=0.5, hybrid=0.6,
@@ -102,14 +94,14 @@ def test_reranker_checks_judge_the_fused_ranking_and_report_the_reranker_alone(t
 
 
 def test_a_run_without_heldout_sets_marks_those_checks_not_applicable(tmp_path):
-    bench = load_bench()
+    bench = load_bench("quality")
     run = bench.read_run(fake_run(tmp_path / "run", {"in-domain": results(5, random=0.1, bm25=0.5, dense=0.5)}))
     assert run["checks"]["heldout_mono_hybrid_ge_bm25"] == "n/a"
     assert run["checks"]["longdoc_whole_beats_trunc512"] == "n/a"
 
 
 def test_an_unfinished_run_is_reported_not_crashed(tmp_path, capsys):
-    bench = load_bench()
+    bench = load_bench("quality")
     out = tmp_path / "quality.json"
     assert bench.main([str(tmp_path / "missing"), "--out", str(out)]) == 1
     assert "the evaluate stage has not finished" in capsys.readouterr().err
