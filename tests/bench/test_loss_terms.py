@@ -5,26 +5,16 @@ from __future__ import annotations
 import json
 import math
 
-import torch
 from bench_scripts import load_bench
 
 from data_prep.pairs import read_pairs
-from data_prep.tokenizer import special_ids
-from encoder.artifacts import save_final
-from encoder.config import ModelConfig
-from encoder.heads import TextRepresentationModel
 from encoder.pair_batching import GroupedRecords
 
 
 def test_terms_follow_the_trainers_batches_and_only_the_sparse_term_feels_its_temperature(
-        tiny_assets, tiny_tokenizer, tmp_path):
+        tiny_assets, tiny_trm_final, tmp_path):
     bench = load_bench("loss_terms")
-    special = special_ids(tiny_tokenizer)
-    torch.manual_seed(0)
-    config = ModelConfig(vocab_size=special.padded_vocab_size, hidden_size=32, num_layers=1, num_heads=2,
-                         intermediate_size=64, max_position_embeddings=256, attention_backend="reference")
-    final = save_final(tmp_path / "final", TextRepresentationModel(config, special.all_special), config,
-                       tiny_assets.tokenizer_dir, {"kind": "trm", "special_token_ids": list(special.all_special)})
+    final = tiny_trm_final
     common = ["--config", "configs/tiny_trm_ft.yaml", "--batches", "2", f"data.pairs={tiny_assets.data.pairs}",
               "data.batch_size=8", "loss.matryoshka_step=16"]
     runs = {}

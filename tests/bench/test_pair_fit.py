@@ -8,10 +8,6 @@ import torch
 from bench_scripts import load_bench
 
 from data_prep.pairs import PairRecord, write_pairs
-from data_prep.tokenizer import special_ids
-from encoder.artifacts import save_final
-from encoder.config import ModelConfig
-from encoder.heads import TextRepresentationModel
 
 
 def test_rank_counts_only_competing_columns_and_ties_against_the_positive():
@@ -22,15 +18,9 @@ def test_rank_counts_only_competing_columns_and_ties_against_the_positive():
     assert bench.ranks(scores, competing).tolist() == [1, 2, 1]
 
 
-def test_a_model_fits_identity_pairs_and_not_shuffled_ones(tiny_assets, tiny_tokenizer, tmp_path):
+def test_a_model_fits_identity_pairs_and_not_shuffled_ones(tiny_trm_final, tmp_path):
     bench = load_bench("pair_fit")
-    special = special_ids(tiny_tokenizer)
-    torch.manual_seed(0)
-    config = ModelConfig(vocab_size=special.padded_vocab_size, hidden_size=32, num_layers=1, num_heads=2,
-                         intermediate_size=64, max_position_embeddings=128, attention_backend="reference")
-    model = TextRepresentationModel(config, special.all_special)
-    final = save_final(tmp_path / "final", model, config, tiny_assets.tokenizer_dir,
-                       {"kind": "trm", "special_token_ids": list(special.all_special)})
+    final = tiny_trm_final
     texts = [f"document number {i} about {word}" for i, word in enumerate(
         "apples pears rivers mountains engines violins tulips comets glaciers lanterns".split())]
     same = [PairRecord(t, t, (), "en", "en", "same") for t in texts]
