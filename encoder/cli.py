@@ -38,7 +38,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("encoder (no heads)", total),
         ("  of which token embeddings", encoder.embeddings.word_embeddings.weight.numel()),
         ("  non-embedding", encoder.num_parameters(exclude_embeddings=True)),
-        ("MLM model (tied decoder)", mlm_params(mlm)),
+        (f"MLM model ({'tied' if config.tie_word_embeddings else 'own'} decoder)", mlm_params(mlm)),
         ("TRM model (dense + sparse)", sum(p.numel() for p in trm.parameters())),
         ("reranker model", sum(p.numel() for p in reranker.parameters())),
     ]
@@ -53,7 +53,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def mlm_params(model: torch.nn.Module) -> int:
-    # parameters() already de-duplicates the tied decoder weight
+    # parameters() already de-duplicates a tied decoder weight
     return sum(p.numel() for p in model.parameters())
 
 

@@ -47,6 +47,11 @@ class ModelConfig:
     # (sentence-transformers' mean pooling). Small models trained briefly generalise better with mean: see
     # configs/pipeline_small.yaml for the measurement
     pooling: str = "cls"
+    # the MLM decoder shares the input embedding table (BERT, XLM-R, mGTE). Untied, a token's input embedding
+    # moves only where the token is read: with the tied softmax every step pushes all rare tokens' rows the same
+    # way, and after a short MLM run the rare words a new domain is made of look alike (measured:
+    # docs/small_preset.md). The untied decoder is an MLM-only parameter; the TRM and reranker never use it
+    tie_word_embeddings: bool = True
 
     def __post_init__(self) -> None:
         self.validate()

@@ -1,6 +1,7 @@
 """Task heads on top of the packed encoder output, and the three task models.
 
-- `MLMHead`: BERT transform + tied decoder, evaluated **only on masked positions** (never `[T, vocab]`).
+- `MLMHead`: BERT transform + decoder (the embedding table unless `model.tie_word_embeddings` is off), evaluated
+  **only on masked positions** (never `[T, vocab]`).
 - `TRMHead`: dense = L2-normalised CLS (or mean) state with Matryoshka truncation; sparse = per-token ReLU(linear)
   weights kept as `(sequence, token id, weight)` triples, max-reduced over repeated ids, specials dropped.
 - `RerankerHead`: one logit from the CLS state (optionally through the BERT tanh pooler, as released).
@@ -27,7 +28,11 @@ class MLMHead(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.act = ACTIVATIONS["gelu"]
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.decoder_weight = word_embeddings.weight  # tied: [V, H]
+        if config.tie_word_embeddings:
+            self.decoder_weight = word_embeddings.weight  # [V, H], the embedding table itself
+        else:
+            self.decoder_weight = nn.Parameter(torch.empty_like(word_embeddings.weight))
+            nn.init.normal_(self.decoder_weight, std=config.initializer_range)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, hidden: Tensor) -> Tensor:

@@ -40,7 +40,7 @@ def load_task_model(kind: str, checkpoint: Path, config: ModelConfig,
     if kind == "reranker" and not any(k.startswith("head.pooler.") for k in state):
         model = Reranker(config, use_pooler=False)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "head.decoder_weight"]
+    missing = [k for k in missing if not (config.tie_word_embeddings and k == "head.decoder_weight")]
     if missing or unexpected:
         raise ValueError(f"{checkpoint}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
     return model.eval()

@@ -59,8 +59,9 @@ def hf_config(model: TaskModel) -> LongEncConfig:
 
 
 def export_state_dict(model: TaskModel) -> dict[str, torch.Tensor]:
-    """Our own state dict, minus the tied MLM decoder (it is the embedding table; transformers re-ties it)."""
-    return {name: t for name, t in model.state_dict().items() if name != "head.decoder_weight"}
+    """Our own state dict, minus a tied MLM decoder (it is the embedding table; transformers re-ties it)."""
+    tied = model.config.tie_word_embeddings
+    return {name: t for name, t in model.state_dict().items() if not (tied and name == "head.decoder_weight")}
 
 
 def load_tokenizer(tokenizer: str | Path | PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

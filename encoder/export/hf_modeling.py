@@ -53,9 +53,7 @@ class LongEncConfig(PretrainedConfig):
         defaults = ModelConfig()
         ours = {name: kwargs.pop(name, getattr(defaults, name)) for name in MODEL_CONFIG_KEYS}
         kwargs.setdefault("num_labels", 1)
-        tie_word_embeddings = kwargs.pop("tie_word_embeddings", True)  # the MLM decoder is the embedding table
         super().__init__(**kwargs)
-        self.tie_word_embeddings = tie_word_embeddings
         for name, value in ours.items():  # after super(): the base class would reset e.g. pad_token_id
             setattr(self, name, value)
         self.special_token_ids = list(special_token_ids if special_token_ids is not None
@@ -174,7 +172,9 @@ class LongEncForMaskedLM(LongEncPreTrainedModel):
         self.post_init()
 
     def get_output_embeddings(self) -> None:
-        return None  # the decoder is a bare tied Parameter, not a module; tying is declared above
+        # the decoder is a bare Parameter, not a module; tying is declared above (and skipped by transformers when
+        # config.tie_word_embeddings is off)
+        return None
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
                 labels: Tensor | None = None, return_dict: bool | None = None, **kwargs) -> MaskedLMOutput | tuple:

@@ -37,6 +37,29 @@ def test_mlm_head_runs_only_on_masked_positions():
     assert model.head.decoder_weight is model.encoder.embeddings.word_embeddings.weight
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_mlm_step_moves_the_embeddings_of_unread_tokens_only_through_a_tied_decoder(tied):
+    # the tied softmax pushes every vocabulary row at every step (rare tokens drift together); an own decoder
+    # leaves the input embedding of a token no sequence contains exactly where it was
+    torch.manual_seed(0)
+    config = tiny_config(tie_word_embeddings=tied)
+    model = MaskedLM(config)
+    assert (model.head.decoder_weight is model.encoder.embeddings.word_embeddings.weight) == tied
+    batch = random_batch([12, 9], 40, seed=3)  # ids < 40 only
+    labels = torch.full_like(batch.input_ids, IGNORE_INDEX)
+    labels[::3] = batch.input_ids[::3]
+    before = model.encoder.embeddings.word_embeddings.weight.detach().clone()
+    model(batch.with_labels(labels)).loss.backward()
+    torch.optim.SGD(model.parameters(), lr=1.0).step()
+    after = model.encoder.embeddings.word_embeddings.weight.detach()
+    unread = torch.arange(40, config.vocab_size)
+    assert (after[:40] != before[:40]).any()  # read tokens always learn
+    assert (after[unread] != before[unread]).any(dim=1).all() == tied
+    assert (after[unread] == before[unread]).all() == (not tied)
+    names = {name for name, _ in model.named_parameters()}
+    assert ("head.decoder_weight" in names) == (not tied)  # tied: reported once, under the embedding
+
+
 def naive_sparse(batch: UnpaddedBatch, token_weights: torch.Tensor) -> list[dict[int, float]]:
     out = []
     for ids, weights in zip(batch.split(batch.input_ids), batch.split(token_weights)):

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from export_helpers import ROOT, build_tokenizer, make_model, tiny_config  # noqa: E402
 from test_mgte_import import LENGTHS, mgte_config, padded_inputs, write_checkpoint  # noqa: E402
 
+from encoder.batch import pad, unpad  # noqa: E402
 from encoder.export import bundle  # noqa: E402
 from encoder.export.cli import EXIT_OFFLINE, main  # noqa: E402
 from encoder.export.hf import export_pretrained  # noqa: E402
@@ -93,6 +94,26 @@ def test_imported_mgte_is_served_by_the_exported_code(tmp_path, monkeypatch):
     ids, mask = padded_inputs(LENGTHS, cfg["vocab_size"])
     hidden = served(input_ids=ids, attention_mask=mask).last_hidden_state
     assert (hidden - body(ids, mask)).abs().max().item() < 1e-5
+
+
+@torch.no_grad()
+def test_an_mlm_with_its_own_decoder_exports_and_loads_untied(tmp_path, monkeypatch):
+    from transformers import AutoModelForMaskedLM  # noqa: PLC0415
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    tokenizer = build_tokenizer()
+    model = make_model("mlm", tiny_config(len(tokenizer), num_layers=1, tie_word_embeddings=False))
+    export_pretrained(model, tmp_path / "mlm", tokenizer, include_kernels=False)
+    assert json.loads((tmp_path / "mlm" / "config.json").read_text())["tie_word_embeddings"] is False
+    served = AutoModelForMaskedLM.from_pretrained(tmp_path / "mlm", trust_remote_code=True).eval()
+    decoder = served.head.decoder_weight
+    assert decoder.data_ptr() != served.encoder.embeddings.word_embeddings.weight.data_ptr()
+    assert torch.equal(decoder, model.head.decoder_weight)  # loaded, not re-tied to the embeddings
+    ids, mask = padded_inputs(LENGTHS, model.config.vocab_size)
+    logits = served(input_ids=ids, attention_mask=mask).logits
+    batch, info = unpad(ids, mask)
+    expected = pad(model.head(model.encoder(batch)), info)
+    assert (logits - expected).abs().max().item() < 1e-4
 
 
 def _bad_checkpoint(tmp: Path, case: str) -> tuple[Path, str]:
