@@ -52,6 +52,13 @@ class ModelConfig:
     # way, and after a short MLM run the rare words a new domain is made of look alike (measured:
     # docs/small_preset.md). The untied decoder is an MLM-only parameter; the TRM and reranker never use it
     tie_word_embeddings: bool = True
+    # the sparse head's weight of token t in a text: mGTE takes the max over t's occurrences (sparse_tf_k1 = 0).
+    # With k1 > 0 it is scaled like a BM25 term, by tf (k1+1) / (tf + k1 (1 - b + b len / mean_len)): tf the
+    # occurrences of t, len the text's non-special tokens, mean_len the training documents' mean (a head buffer
+    # set with the idf prior; 0 = no length normalisation). A max-pooled binary match cannot see that a page
+    # names its topic ten times, nor that a long page matches everything once (measured: docs/small_preset.md)
+    sparse_tf_k1: float = 0.0
+    sparse_length_b: float = 0.75
 
     def __post_init__(self) -> None:
         self.validate()
@@ -83,6 +90,10 @@ class ModelConfig:
             raise ValueError(f"model.hidden_dropout: must be in [0, 1), got {self.hidden_dropout}")
         if self.type_vocab_size < 0:
             raise ValueError(f"model.type_vocab_size: must be >= 0, got {self.type_vocab_size}")
+        if self.sparse_tf_k1 < 0:
+            raise ValueError(f"model.sparse_tf_k1: must be >= 0 (0 = max-pooled weights), got {self.sparse_tf_k1}")
+        if not 0.0 <= self.sparse_length_b <= 1.0:
+            raise ValueError(f"model.sparse_length_b: must be in [0, 1], got {self.sparse_length_b}")
         if self.pooling not in ("cls", "mean"):
             raise ValueError(f"model.pooling: expected cls or mean, got {self.pooling!r}")
         for name in ("rope_impl", "glu_impl"):

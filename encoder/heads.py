@@ -139,12 +139,17 @@ class TRMHead(nn.Module):
         # what BM25 knows from the start (a word in every document matches nothing in particular), stored with
         # the weights so every export applies the same
         self.register_buffer("token_prior", torch.ones(config.vocab_size))
+        # BM25's term-frequency saturation and length normalisation (ModelConfig.sparse_tf_k1, sparse_length_b);
+        # the mean length of the training documents in non-special tokens (0: unknown, no length normalisation)
+        self.tf_k1, self.length_b = config.sparse_tf_k1, config.sparse_length_b
+        self.register_buffer("mean_text_length", torch.zeros(()))
         self.special_ids = tuple(sorted(set(special_token_ids)))
         self.reset_special_token_ids()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints and mGTE weights from before the prior: no prior (ones)
         state_dict.setdefault(prefix + "token_prior", torch.ones_like(self.token_prior))
+        state_dict.setdefault(prefix + "mean_text_length", torch.zeros_like(self.mean_text_length))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def reset_special_token_ids(self) -> None:
@@ -161,7 +166,7 @@ class TRMHead(nn.Module):
 
     def sparse_weights(self, hidden: Tensor, batch: UnpaddedBatch) -> SparseEmbedding:
         token_weights = F.relu(self.sparse_logits(hidden, batch.input_ids))  # [T]
-        keep = ~torch.isin(batch.input_ids, self.special_token_ids) & (token_weights > 0)
+        keep = ~torch.isin(batch.input_ids, self.special_token_ids)
         seq = batch.sequence_index[keep]
         tok = batch.input_ids[keep]
         w = token_weights[keep]
@@ -171,7 +176,22 @@ class TRMHead(nn.Module):
         reduced = w.new_zeros(len(unique_keys)).scatter_reduce(0, inverse, w, reduce="amax", include_self=False)
         first = torch.zeros(len(unique_keys), dtype=torch.long, device=w.device).scatter_(
             0, inverse, torch.arange(len(keys), device=w.device))
-        return SparseEmbedding(seq[first], tok[first], reduced, batch.num_sequences)
+        seq, tok = seq[first], tok[first]
+        if self.tf_k1 > 0:
+            reduced = reduced * self.tf_saturation(inverse, len(unique_keys), seq, batch).to(reduced.dtype)
+        live = reduced > 0
+        return SparseEmbedding(seq[live], tok[live], reduced[live], batch.num_sequences)
+
+    def tf_saturation(self, inverse: Tensor, num_keys: int, key_sequence: Tensor, batch: UnpaddedBatch) -> Tensor:
+        """BM25's tf (k1+1) / (tf + k1 (1 - b + b len / mean_len)) per (sequence, token id) key: `inverse` maps
+        each non-special token to its key, `key_sequence` each key to its sequence."""
+        tf = torch.bincount(inverse, minlength=num_keys).float()
+        lengths = torch.bincount(batch.sequence_index[~torch.isin(batch.input_ids, self.special_token_ids)],
+                                 minlength=batch.num_sequences).float()  # non-special tokens per text
+        mean = self.mean_text_length.float()
+        relative = torch.where(mean > 0, lengths / mean.clamp_min(1e-6), torch.ones_like(lengths))
+        norm = 1.0 - self.length_b + self.length_b * relative[key_sequence]
+        return tf * (self.tf_k1 + 1.0) / (tf + self.tf_k1 * norm)
 
     def forward(self, hidden: Tensor, batch: UnpaddedBatch) -> TRMOutput:
         pooled = pool(hidden, batch, self.pooling)  # [B, H]

@@ -143,17 +143,25 @@ def build_trm(config: TRMRunConfig, tokenizer) -> TextRepresentationModel:
 
 
 def set_sparse_prior(model: TextRepresentationModel, prior: str, records: list[PairRecord], tokenizer) -> None:
-    """An IDF prior from the training documents (each distinct positive and negative text once), unless the
-    model already has a prior (initialised from a TRM that learnt with it). A resumed run recomputes the same
-    one and its checkpoint's copy replaces it anyway."""
+    """What the sparse head takes from the training documents (each distinct positive and negative text once):
+    an IDF prior, unless the model already has one (initialised from a TRM that learnt with it), and, for BM25's
+    length normalisation (model.sparse_tf_k1 > 0), their mean length, unless known. A resumed run recomputes the
+    same values and its checkpoint's copy replaces them anyway."""
     head = model.head
-    if prior == "none" or not torch.all(head.token_prior == 1):
+    need_prior = prior != "none" and bool(torch.all(head.token_prior == 1))
+    need_length = head.tf_k1 > 0 and float(head.mean_text_length) == 0
+    if not (need_prior or need_length):
         return
     texts = sorted({r.positive for r in records} | {n for r in records for n in r.negatives})
     ids = [e.ids for e in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
     with torch.no_grad():
-        head.token_prior.copy_(idf_prior(ids, head.vocab_size).to(head.token_prior.device))
-    print(f"sparse prior: idf over {len(texts)} training documents")
+        if need_prior:
+            head.token_prior.copy_(idf_prior(ids, head.vocab_size).to(head.token_prior.device))
+            print(f"sparse prior: idf over {len(texts)} training documents")
+        if need_length:
+            head.mean_text_length.fill_(sum(map(len, ids)) / max(len(ids), 1))
+            print(f"sparse length normalisation: mean training document length {float(head.mean_text_length):.1f}"
+                  " tokens")
 
 
 def train(config: TRMRunConfig, resume: str = "none", stop_after: int | None = None) -> dict:

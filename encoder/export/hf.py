@@ -160,9 +160,11 @@ def write_sparse_directory(directory: Path, model: TextRepresentationModel, with
     copy_tree(directory, sparse, skip=lambda rel: rel.parts[0] in st_root_files | {"1_Pooling", "2_Normalize",
                                                                                    SPARSE_SUBDIR})
     pooling = LongEncSparsePooling(model.config.hidden_size, model.config.vocab_size,
-                                   model.head.special_token_ids.tolist())
+                                   model.head.special_token_ids.tolist(), model.config.sparse_tf_k1,
+                                   model.config.sparse_length_b)
     pooling.head.sparse_linear.load_state_dict(model.head.sparse_linear.state_dict())
     pooling.head.token_prior.copy_(model.head.token_prior)
+    pooling.head.mean_text_length.copy_(model.head.mean_text_length)
     (sparse / SPARSE_MODULE_DIR).mkdir(parents=True)
     write_json(sparse / SPARSE_MODULE_DIR / "config.json", pooling.get_config_dict())
     save_tensors(pooling.state_dict(), sparse / SPARSE_MODULE_DIR / "model.safetensors")

@@ -120,6 +120,7 @@ class LongEncPreTrainedModel(PreTrainedModel):
             hf_init.zeros_(module.bias)
         elif isinstance(module, TRMHead):
             hf_init.ones_(module.token_prior)  # an export without a prior: none (loaded ones overwrite this)
+            hf_init.zeros_(module.mean_text_length)  # likewise: no length normalisation
 
     def get_input_embeddings(self) -> nn.Module:
         return self.encoder.embeddings.word_embeddings

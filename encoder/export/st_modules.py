@@ -37,16 +37,20 @@ class LongEncTransformer(Transformer):
 
 class LongEncSparsePooling(Module):
     """token_embeddings `[B, L, H]` -> sentence_embedding `[B, vocab]`: ReLU(linear) x prior per token, max over
-    repeated ids, special tokens dropped (our `TRMHead.sparse_weights` on the unpadded tokens)."""
+    repeated ids (scaled like a BM25 term when tf_k1 > 0), special tokens dropped (our `TRMHead.sparse_weights`
+    on the unpadded tokens)."""
 
-    config_keys = ["hidden_size", "vocab_size", "special_token_ids"]
+    config_keys = ["hidden_size", "vocab_size", "special_token_ids", "tf_k1", "length_b"]
 
-    def __init__(self, hidden_size: int, vocab_size: int, special_token_ids: list[int]) -> None:
+    def __init__(self, hidden_size: int, vocab_size: int, special_token_ids: list[int], tf_k1: float = 0.0,
+                 length_b: float = 0.75) -> None:
         super().__init__()
         self.hidden_size = hidden_size
         self.vocab_size = vocab_size
         self.special_token_ids = list(special_token_ids)
-        config = ModelConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_heads=1, num_layers=1)
+        self.tf_k1, self.length_b = tf_k1, length_b
+        config = ModelConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_heads=1, num_layers=1,
+                             sparse_tf_k1=tf_k1, sparse_length_b=length_b)
         self.head = TRMHead(config, tuple(self.special_token_ids))
 
     @property
@@ -70,7 +74,7 @@ class LongEncSparsePooling(Module):
 
     def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
         self.save_config(output_path)
-        # the H+1 head weights and the token prior: the special-id buffer is rebuilt from the config
+        # the H+1 head weights, the token prior and mean length: the special-id buffer is rebuilt from the config
         self.save_torch_weights(output_path, safe_serialization=safe_serialization)
 
     @classmethod

@@ -60,6 +60,48 @@ def test_mlm_step_moves_the_embeddings_of_unread_tokens_only_through_a_tied_deco
     assert ("head.decoder_weight" in names) == (not tied)  # tied: reported once, under the embedding
 
 
+def test_bm25_scaled_sparse_weights_by_hand():
+    torch.manual_seed(2)
+    config = tiny_config(sparse_tf_k1=1.2, sparse_length_b=0.75)
+    model = TextRepresentationModel(config, special_token_ids=SPECIALS).eval()
+    with torch.no_grad():
+        model.head.sparse_linear.weight.zero_()  # every token weighs its bias, 1 (before scaling)
+        model.head.mean_text_length.fill_(3.0)
+    # non-special lengths 4 and 2; token 7 three times in the first text
+    batch = UnpaddedBatch.from_sequences([[0, 7, 9, 7, 7, 2], [0, 9, 11, 2]])
+    with torch.no_grad():
+        got = model(batch).sparse.to_dicts()
+
+    def bm25(tf, length):
+        return tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * length / 3.0))
+
+    assert got[0].keys() == {7, 9} and got[1].keys() == {9, 11}
+    assert math.isclose(got[0][7], bm25(3, 4), rel_tol=1e-5) and math.isclose(got[0][9], bm25(1, 4), rel_tol=1e-5)
+    assert math.isclose(got[1][9], bm25(1, 2), rel_tol=1e-5)
+    with torch.no_grad():
+        model.head.mean_text_length.zero_()  # unknown mean length: tf saturation only
+        got = model(batch).sparse.to_dicts()
+    assert math.isclose(got[0][7], 3 * 2.2 / (3 + 1.2), rel_tol=1e-5) and math.isclose(got[1][9], 1.0, rel_tol=1e-5)
+
+
+def test_bm25_scaled_sparse_ranks_repetition_up_and_length_down():
+    # a max-pooled binary match ties all three documents; BM25's scaling puts the page that repeats the query
+    # word first and the long page that names it once last
+    torch.manual_seed(3)
+    docs = [[0, 20, 21, 22, 23, 2], [0, 20, 20, 20, 21, 2], [0, 20] + list(range(30, 60)) + [2]]
+    for k1, expected in ((0.0, None), (1.2, [1, 0, 2])):
+        model = TextRepresentationModel(tiny_config(sparse_tf_k1=k1), special_token_ids=SPECIALS).eval()
+        with torch.no_grad():
+            model.head.sparse_linear.weight.zero_()
+            model.head.mean_text_length.fill_(8.0)
+            q = model(UnpaddedBatch.from_sequences([[0, 20, 2]])).sparse
+            scores = sparse_scores(q, model(UnpaddedBatch.from_sequences(docs)).sparse)[0]
+        if expected is None:
+            assert torch.allclose(scores, scores[0].expand(3))
+        else:
+            assert scores.argsort(descending=True).tolist() == expected
+
+
 def naive_sparse(batch: UnpaddedBatch, token_weights: torch.Tensor) -> list[dict[int, float]]:
     out = []
     for ids, weights in zip(batch.split(batch.input_ids), batch.split(token_weights)):

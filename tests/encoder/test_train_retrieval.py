@@ -213,6 +213,16 @@ def test_idf_sparse_prior_comes_from_the_training_documents_once(tiny_assets, ti
     assert torch.allclose(model.head.token_prior, expected)
     set_sparse_prior(model, "idf", records[:10], tiny_tokenizer)  # a prior already set (a TRM init) is kept
     assert torch.allclose(model.head.token_prior, expected)
+    assert float(model.head.mean_text_length) == 0  # max-pooled weights need no length
+
+    # BM25-scaled weights: the mean training document length too, even under a prior that came with the init
+    config.sparse_tf_k1 = 1.2
+    scaled = TextRepresentationModel(config, tuple(special_ids(tiny_tokenizer).all_special))
+    scaled.head.token_prior.copy_(expected)
+    set_sparse_prior(scaled, "idf", records, tiny_tokenizer)
+    lengths = [len(tiny_tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert torch.allclose(scaled.head.token_prior, expected)
+    assert abs(float(scaled.head.mean_text_length) - sum(lengths) / len(lengths)) < 1e-3
 
 
 def test_trainers_read_only_the_selected_pairs(tmp_path):

@@ -36,6 +36,7 @@ def weight_every_token_(model) -> None:
         # and a token prior that is not all ones, so an export that dropped it could not match
         model.head.token_prior.copy_(torch.rand(model.config.vocab_size, generator=torch.Generator().manual_seed(3))
                                      + 0.5)
+        model.head.mean_text_length.fill_(20.0)  # BM25's length normalisation, which the exports must carry too
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,9 @@ def exported(tmp_path_factory):
     config = tiny_config(len(tokenizer))
     models = {kind: make_model(kind, config, seed=i, special_ids=tuple(tokenizer.all_special_ids))
               for i, kind in enumerate(("mlm", "trm", "reranker"))}
+    # the TRM's lexical weights scaled like BM25 terms (TEXTS repeat words: tf > 1 and lengths differ)
+    models["trm"] = make_model("trm", tiny_config(len(tokenizer), sparse_tf_k1=1.2), seed=1,
+                               special_ids=tuple(tokenizer.all_special_ids))
     weight_every_token_(models["trm"])
     models["trm_mean"] = make_model("trm", tiny_config(len(tokenizer), pooling="mean"), seed=7,
                                     special_ids=tuple(tokenizer.all_special_ids))
