@@ -118,7 +118,10 @@ def load_encoder_weights(model: nn.Module, source: str | Path) -> str:
     model.encoder.load_state_dict(encoder_state)  # strict: a shape or name mismatch names the key
     head_state = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
     own = model.head.state_dict()
-    if head_state and set(head_state) == set(own) and all(v.shape == own[k].shape for k, v in head_state.items()):
+    # buffers a head fills with a neutral default when a checkpoint predates them (TRMHead: prior, mean length)
+    optional = set(getattr(model.head, "defaulted_keys", ()))
+    same_kind = bool(head_state) and set(head_state) <= set(own) and set(own) - set(head_state) <= optional
+    if same_kind and all(v.shape == own[k].shape for k, v in head_state.items()):
         model.head.load_state_dict(head_state)
         return f"{weights} (encoder + head)"
     return f"{weights} (encoder; head freshly initialised)"

@@ -146,6 +146,8 @@ class TRMHead(nn.Module):
         self.special_ids = tuple(sorted(set(special_token_ids)))
         self.reset_special_token_ids()
 
+    defaulted_keys = ("token_prior", "mean_text_length")  # filled below when a checkpoint predates them
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints and mGTE weights from before the prior: no prior (ones)
         state_dict.setdefault(prefix + "token_prior", torch.ones_like(self.token_prior))

@@ -53,3 +53,19 @@ def test_failed_save_keeps_the_previous_final(tiny_assets, tiny_tokenizer, tmp_p
     assert not list(tmp_path.glob("*.tmp-*"))
     loaded, _, _ = load_final(final)
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in old.state_dict().items())
+
+
+def test_a_trm_head_from_before_the_mean_length_initialises_the_next_stage(tiny_assets, tiny_tokenizer, tmp_path):
+    # a TRM saved before the head had `mean_text_length` (one optional buffer short) still passes on its
+    # head, idf prior included; a head of another kind does not
+    model, config, info = _tiny_trm(tiny_tokenizer)
+    with torch.no_grad():
+        model.head.token_prior.uniform_(0.5, 2.0)
+    del model.head._buffers["mean_text_length"]  # the head as it was saved before the buffer existed
+    assert "head.mean_text_length" not in model.state_dict()
+    final = save_final(tmp_path / "old_trm", model, config, tiny_assets.tokenizer_dir, info)
+    fresh, _, _ = _tiny_trm(tiny_tokenizer, seed=1)
+    assert load_encoder_weights(fresh, final).endswith("(encoder + head)")
+    assert torch.equal(fresh.head.token_prior, model.head.token_prior)
+    assert float(fresh.head.mean_text_length) == 0
+    assert load_encoder_weights(Reranker(config), final).endswith("head freshly initialised)")
