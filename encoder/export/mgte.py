@@ -182,6 +182,8 @@ def state_dict_to_mgte(model: TaskModel) -> dict[str, torch.Tensor]:
     ours = model.state_dict()
     if kind == "trm" and not torch.all(ours["head.token_prior"] == 1):
         raise ValueError("head.token_prior: the new-impl layout has no per-token prior for the lexical weights")
+    if kind == "mlm" and not model.config.tie_word_embeddings:
+        raise ValueError("model.tie_word_embeddings: the new-impl layout ties the MLM decoder to the embeddings")
     if kind == "trm" and model.config.sparse_tf_k1 > 0:
         raise ValueError("model.sparse_tf_k1: the new-impl layout max-pools the lexical weights, without BM25's "
                          "term-frequency scaling")

@@ -145,6 +145,17 @@ def test_task_import_matches_reference_and_exports_back(tmp_path, kind):
         with pytest.raises(ValueError, match="head.token_prior"):
             save_mgte(model, tmp_path / "with_prior")
         assert not (tmp_path / "with_prior").exists()
+        with torch.no_grad():
+            model.head.token_prior.fill_(1.0)
+        model.config.sparse_tf_k1 = 1.2  # BM25-scaled weights: the layout max-pools, so refused too
+        with pytest.raises(ValueError, match="sparse_tf_k1"):
+            save_mgte(model, tmp_path / "with_tf")
+        assert not (tmp_path / "with_tf").exists()
+    if kind == "mlm":  # an own decoder has no place in the layout: refused, not dropped
+        model.config.tie_word_embeddings = False
+        with pytest.raises(ValueError, match="tie_word_embeddings"):
+            save_mgte(model, tmp_path / "untied")
+        assert not (tmp_path / "untied").exists()
 
 
 def test_import_rejects_unknown_keys_and_options(tmp_path):
