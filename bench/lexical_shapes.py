@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import torch  # noqa: E402
-from live_report import LiveReport  # noqa: E402
+from live_report import LiveReport, report_rows  # noqa: E402
 
 from data_prep.beir import read_beir  # noqa: E402
 from encoder.artifacts import load_final  # noqa: E402
@@ -102,17 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="JSON written after every set")
     args = parser.parse_args(argv)
     report = LiveReport(args.out, {"bench": "lexical_shapes", "k1": K1, "b": B})
-    rows = []
-    for beir_dir in args.beir:
-        try:
-            rows.append(shapes(args.model, beir_dir, args.split))
-        except (ValueError, FileNotFoundError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        report.add("rows", rows[-1])
-    print(format_rows(rows))
-    report.finish()
-    return 0
+    return report_rows(report, args.beir, lambda beir_dir: shapes(args.model, beir_dir, args.split), format_rows)
 
 
 if __name__ == "__main__":

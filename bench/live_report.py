@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 
 class LiveReport:
@@ -36,3 +39,21 @@ def error_text(err: BaseException) -> str:
     """`Type: last non-empty line` of an exception (Triton puts the reason last, after the source excerpt)."""
     lines = [line for line in str(err).splitlines() if line.strip()]
     return f"{type(err).__name__}: {(lines[-1] if lines else '')[:200]}"
+
+
+def report_rows(report: LiveReport, inputs: Iterable, measure: Callable[[Any], dict],
+                table: Callable[[list[dict]], str]) -> int:
+    """`measure` each input, adding its row to the report as it comes; then print `table(rows)` and finish the
+    report. A bad input (ValueError, FileNotFoundError) prints its error and gives exit status 2, the rows before
+    it kept in the report; otherwise 0."""
+    rows = []
+    for item in inputs:
+        try:
+            rows.append(measure(item))
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        report.add("rows", rows[-1])
+    print(table(rows))
+    report.finish()
+    return 0

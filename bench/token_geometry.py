@@ -24,7 +24,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from live_report import LiveReport  # noqa: E402
+from live_report import LiveReport, report_rows  # noqa: E402
 
 from encoder.artifacts import load_final  # noqa: E402
 from encoder.heads import TextRepresentationModel  # noqa: E402
@@ -92,17 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.band < 2:
         parser.error("--band must be >= 2")
     report = LiveReport(args.out, {"bench": "token_geometry"})
-    rows = []
-    for model_dir in args.models:
-        try:
-            rows.append(geometry(model_dir, args.band))
-        except (ValueError, FileNotFoundError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        report.add("rows", rows[-1])
-    print(format_rows(rows))
-    report.finish()
-    return 0
+    return report_rows(report, args.models, lambda model_dir: geometry(model_dir, args.band), format_rows)
 
 
 if __name__ == "__main__":
