@@ -146,12 +146,14 @@ class TRMHead(nn.Module):
         self.special_ids = tuple(sorted(set(special_token_ids)))
         self.reset_special_token_ids()
 
-    defaulted_keys = ("token_prior", "mean_text_length")  # filled below when a checkpoint predates them
+    # buffers a checkpoint may predate, with their neutral value: no prior (ones), no length normalisation (0)
+    DEFAULTED = {"token_prior": torch.ones_like, "mean_text_length": torch.zeros_like}
+    defaulted_keys = tuple(DEFAULTED)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # checkpoints and mGTE weights from before the prior: no prior (ones)
-        state_dict.setdefault(prefix + "token_prior", torch.ones_like(self.token_prior))
-        state_dict.setdefault(prefix + "mean_text_length", torch.zeros_like(self.mean_text_length))
+        # checkpoints and mGTE weights from before these buffers
+        for name, neutral in self.DEFAULTED.items():
+            state_dict.setdefault(prefix + name, neutral(getattr(self, name)))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def reset_special_token_ids(self) -> None:
@@ -178,22 +180,20 @@ class TRMHead(nn.Module):
         reduced = w.new_zeros(len(unique_keys)).scatter_reduce(0, inverse, w, reduce="amax", include_self=False)
         first = torch.zeros(len(unique_keys), dtype=torch.long, device=w.device).scatter_(
             0, inverse, torch.arange(len(keys), device=w.device))
-        seq, tok = seq[first], tok[first]
         if self.tf_k1 > 0:
-            reduced = reduced * self.tf_saturation(inverse, len(unique_keys), seq, batch).to(reduced.dtype)
+            tf = torch.bincount(inverse, minlength=len(unique_keys))
+            lengths = torch.bincount(seq, minlength=batch.num_sequences)  # non-special tokens per text
+            reduced = reduced * self.tf_saturation(tf, lengths[seq[first]]).to(reduced.dtype)
+        seq, tok = seq[first], tok[first]
         live = reduced > 0
         return SparseEmbedding(seq[live], tok[live], reduced[live], batch.num_sequences)
 
-    def tf_saturation(self, inverse: Tensor, num_keys: int, key_sequence: Tensor, batch: UnpaddedBatch) -> Tensor:
-        """BM25's tf (k1+1) / (tf + k1 (1 - b + b len / mean_len)) per (sequence, token id) key: `inverse` maps
-        each non-special token to its key, `key_sequence` each key to its sequence."""
-        tf = torch.bincount(inverse, minlength=num_keys).float()
-        lengths = torch.bincount(batch.sequence_index[~torch.isin(batch.input_ids, self.special_token_ids)],
-                                 minlength=batch.num_sequences).float()  # non-special tokens per text
+    def tf_saturation(self, tf: Tensor, length: Tensor) -> Tensor:
+        """BM25's tf (k1+1) / (tf + k1 (1 - b + b len / mean_len)) of each (token count, text length) pair."""
+        tf, length = tf.float(), length.float()
         mean = self.mean_text_length.float()
-        relative = torch.where(mean > 0, lengths / mean.clamp_min(1e-6), torch.ones_like(lengths))
-        norm = 1.0 - self.length_b + self.length_b * relative[key_sequence]
-        return tf * (self.tf_k1 + 1.0) / (tf + self.tf_k1 * norm)
+        relative = torch.where(mean > 0, length / mean.clamp_min(1e-6), torch.ones_like(length))
+        return tf * (self.tf_k1 + 1.0) / (tf + self.tf_k1 * (1.0 - self.length_b + self.length_b * relative))
 
     def forward(self, hidden: Tensor, batch: UnpaddedBatch) -> TRMOutput:
         pooled = pool(hidden, batch, self.pooling)  # [B, H]
