@@ -21,7 +21,6 @@ Writes results.json, results.md and matryoshka.png (nDCG@10 by dense width).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from collections.abc import Callable, Sequence
@@ -34,6 +33,7 @@ from torch import Tensor
 
 from data_prep.beir import BeirData, read_beir
 from data_prep.embedded import dominant_script
+from data_prep.files import write_json
 from data_prep.tokenizer import load_tokenizer
 
 from .artifacts import load_final
@@ -356,12 +356,14 @@ def run_evaluation(data: BeirData, tokenizer, trm: TextRepresentationModel | Non
     report["matryoshka_ndcg@10"] = {k: {str(d): v for d, v in c.items()} for k, c in curves.items()}
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "results.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
         md = "\n\n".join(f"### {m}\n\n{markdown_table(table, m)}" for m in ("ndcg@10", "recall@100", "mrr@10"))
         md += "\n\n" + diagnostics_markdown(report)
         (out_dir / "results.md").write_text(md + "\n", encoding="utf-8")
         if curves:
             plot_matryoshka(curves, out_dir / "matryoshka.png")
+        # last and atomic: a results.json on disk means the whole evaluation finished (the pipeline's evaluate
+        # stage reuses such a set after an interruption)
+        write_json(out_dir / "results.json", report)
     return report
 
 

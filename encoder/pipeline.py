@@ -438,27 +438,37 @@ class Pipeline:
         torch.manual_seed(0)
         untrained = TextRepresentationModel(trm.config, tuple(info["special_token_ids"])).eval()
         data = read_beir(self.out("data", "beir"), splits=("test", "dev"), required=("test",))
-        report = run_evaluation(data, tokenizer, trm, reranker, untrained, split="test",
-                                rerank_top_k=self.config.rerank_top_k, dims=info.get("matryoshka_dims", []),
-                                rerank_max_length=self.config.rerank_max_length or None,
-                                rerank_queries=self.config.rerank_queries,
-                                out_dir=directory, progress=lambda m: self.log(f"[evaluate] {m}"))
+        report = self._finished(directory) or run_evaluation(
+            data, tokenizer, trm, reranker, untrained, split="test", rerank_top_k=self.config.rerank_top_k,
+            dims=info.get("matryoshka_dims", []), rerank_max_length=self.config.rerank_max_length or None,
+            rerank_queries=self.config.rerank_queries, out_dir=directory,
+            progress=lambda m: self.log(f"[evaluate] {m}"))
         heldout, heldout_sets = {}, {}
         for name, path in self.records["data"]["outputs"].get("heldout", {}).items():
             # a domain no training stage saw: γ tuned on its own dev split, no untrained/Matryoshka rows
             heldout_sets[name] = read_beir(path, splits=("test", "dev"), required=("test",))
             out_dir = directory / "heldout" / name.replace("/", "__")
             reranks = self.config.heldout_rerank == "all" or (self.config.heldout_rerank == "mono" and "/mono-" in name)
-            run_evaluation(heldout_sets[name], tokenizer, trm, reranker if reranks else None, split="test",
-                           rerank_top_k=self.config.rerank_top_k, out_dir=out_dir,
-                           rerank_queries=self.config.rerank_queries,
-                           rerank_max_length=self.config.rerank_max_length or None,
-                           progress=lambda m, n=name: self.log(f"[evaluate {n}] {m}"))
+            if not self._finished(out_dir):
+                run_evaluation(
+                    heldout_sets[name], tokenizer, trm, reranker if reranks else None, split="test",
+                    rerank_top_k=self.config.rerank_top_k, out_dir=out_dir, rerank_queries=self.config.rerank_queries,
+                    rerank_max_length=self.config.rerank_max_length or None,
+                    progress=lambda m, n=name: self.log(f"[evaluate {n}] {m}"))
             heldout[name] = str(out_dir / "results.json")
         mlm = self._mlm_accuracy(data, heldout_sets, directory / "mlm_accuracy.json")
         return {"results_json": str(directory / "results.json"), "results_md": str(directory / "results.md"),
                 "matryoshka_png": str(directory / "matryoshka.png"), "gamma": report.get("gamma"),
                 "heldout": heldout, "mlm_accuracy": str(mlm)}
+
+    def _finished(self, out_dir: Path) -> dict | None:
+        """The report of an evaluation this stage finished before it was interrupted: the directory survives
+        only a restart with the same stage key, and run_evaluation writes results.json last, atomically."""
+        saved = out_dir / "results.json"
+        if not saved.is_file():
+            return None
+        self.log(f"[evaluate] {out_dir.name}: finished before an interruption, kept")
+        return json.loads(saved.read_text(encoding="utf-8"))
 
     def _mlm_accuracy(self, indomain: BeirData, heldout: dict[str, BeirData], path: Path) -> Path:
         """Masked-token accuracy of both MLM stages on text no stage trained on: the in-domain test queries and

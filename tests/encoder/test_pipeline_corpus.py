@@ -17,7 +17,7 @@ from doc_fixtures import build_deb, fake_downloader, handbook_page, mallard_page
 
 from data_prep.beir import read_beir  # noqa: E402
 from data_prep.builder import CorpusConfig, build_corpus  # noqa: E402
-from data_prep.files import DataError, read_jsonl  # noqa: E402
+from data_prep.files import DataError, read_jsonl, write_json  # noqa: E402
 from data_prep.heldout import HeldoutRules  # noqa: E402
 from data_prep.longdoc import heldout_longdoc_set  # noqa: E402
 from data_prep.pairs import read_pairs  # noqa: E402
@@ -110,11 +110,9 @@ def test_heldout_report_section_shows_every_set_beside_bm25_and_random(corpus_pi
         "| debian-handbook/mono-en")]
 
 
-def test_evaluate_scores_every_heldout_set_and_mlm_accuracy_on_the_in_domain_units(corpus_pipeline, tmp_path,
-                                                                                  monkeypatch):
-    """The evaluate stage's wiring (models and scoring stubbed: their maths is tested on its own): each held-out
-    set is evaluated once, and the MLM's "in-domain" text is the in-domain eval's, not the last held-out set's."""
-    data_outputs = corpus_pipeline.run(only=("data",))["data"]["outputs"]
+def _stub_evaluate_stage(corpus_pipeline, monkeypatch) -> tuple[list, dict]:
+    """The evaluate stage's models and scoring stubbed (their maths is tested on its own): returns the data sets
+    run_evaluation was called on and the texts each MLM stage was scored on."""
     evaluated, scored = [], {}
 
     def fake_run_evaluation(data, *args, out_dir=None, **kwargs):
@@ -135,6 +133,15 @@ def test_evaluate_scores_every_heldout_set_and_mlm_accuracy_on_the_in_domain_uni
     monkeypatch.setattr(pipeline_module, "mlm_accuracy", fake_accuracy)
     for stage in ("tokenizer", "trm_ft", "reranker", "mlm_stage1", "mlm_stage2"):
         corpus_pipeline.records[stage] = {"outputs": {"dir": "tok", "final": "final", "run_dir": stage}}
+    return evaluated, scored
+
+
+def test_evaluate_scores_every_heldout_set_and_mlm_accuracy_on_the_in_domain_units(corpus_pipeline, tmp_path,
+                                                                                  monkeypatch):
+    """Each held-out set is evaluated once, and the MLM's "in-domain" text is the in-domain eval's, not the
+    last held-out set's."""
+    data_outputs = corpus_pipeline.run(only=("data",))["data"]["outputs"]
+    evaluated, scored = _stub_evaluate_stage(corpus_pipeline, monkeypatch)
     (tmp_path / "evaluate").mkdir()  # the pipeline makes a stage's directory before running it
     outputs = corpus_pipeline.stage_evaluate(tmp_path / "evaluate")
     indomain = read_beir(data_outputs["beir"], splits=("test", "dev"), required=("test",))
@@ -144,6 +151,23 @@ def test_evaluate_scores_every_heldout_set_and_mlm_accuracy_on_the_in_domain_uni
         assert scored[stage][0] == unseen_texts(indomain)  # the first text set scored is the in-domain one
     saved = json.loads(Path(outputs["mlm_accuracy"]).read_text())
     assert list(saved)[0] == "in-domain" and all("/mono-" in name for name in list(saved)[1:])
+
+
+def test_an_interrupted_evaluate_stage_keeps_the_sets_it_finished(corpus_pipeline, tmp_path, monkeypatch):
+    """A restart with the same stage key keeps the stage directory; the in-domain evaluation and a held-out set
+    whose results.json was written are not run again (their γ is the saved one), every other set is."""
+    data_outputs = corpus_pipeline.run(only=("data",))["data"]["outputs"]
+    evaluated, _ = _stub_evaluate_stage(corpus_pipeline, monkeypatch)
+    directory = tmp_path / "evaluate"
+    done = sorted(data_outputs["heldout"])[0]
+    (directory / "heldout" / done.replace("/", "__")).mkdir(parents=True)
+    write_json(directory / "results.json", {"gamma": 0.25})
+    write_json(directory / "heldout" / done.replace("/", "__") / "results.json", {"gamma": 0.5})
+    outputs = corpus_pipeline.stage_evaluate(directory)
+    indomain = read_beir(data_outputs["beir"], splits=("test", "dev"), required=("test",))
+    assert len(evaluated) == len(data_outputs["heldout"]) - 1
+    assert all(data.corpus != indomain.corpus for data in evaluated)
+    assert outputs["gamma"] == 0.25 and set(outputs["heldout"]) == set(data_outputs["heldout"])
 
 
 def _tiny_trm(tokenizer, pooling: str = "cls") -> TextRepresentationModel:
