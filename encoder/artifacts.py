@@ -107,6 +107,19 @@ def load_weights(source: str | Path) -> dict[str, Tensor]:
     return load_state_file(weights_file(source))
 
 
+def _widen_token_types(encoder_state: dict[str, torch.Tensor], encoder: nn.Module) -> None:
+    """A model with more token types than its source (a reranker that marks matched tokens, started from an MLM
+    or TRM with one type): the new rows start as copies of row 0, so the loaded model computes exactly what the
+    source did until training moves them apart."""
+    key = "embeddings.token_type_embeddings.weight"
+    own = encoder.state_dict().get(key)
+    loaded = encoder_state.get(key)
+    if own is None or loaded is None or loaded.shape[0] >= own.shape[0] or loaded.shape[1:] != own.shape[1:]:
+        return
+    extra = loaded[:1].expand(own.shape[0] - loaded.shape[0], -1)
+    encoder_state[key] = torch.cat([loaded, extra])
+
+
 def load_encoder_weights(model: nn.Module, source: str | Path) -> str:
     """Encoder weights from a checkpoint / run dir or a `final/` dir into a model with `.encoder` and `.head`;
     the head keeps its fresh init unless the source has the same kind of head. Returns what was loaded."""
@@ -115,6 +128,7 @@ def load_encoder_weights(model: nn.Module, source: str | Path) -> str:
     encoder_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
     if not encoder_state:
         raise CheckpointError(f"{weights}: no encoder.* weights")
+    _widen_token_types(encoder_state, model.encoder)
     model.encoder.load_state_dict(encoder_state)  # strict: a shape or name mismatch names the key
     head_state = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
     own = model.head.state_dict()

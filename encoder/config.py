@@ -59,6 +59,13 @@ class ModelConfig:
     # names its topic ten times, nor that a long page matches everything once (measured: docs/small_preset.md)
     sparse_tf_k1: float = 0.0
     sparse_length_b: float = 0.75
+    # reranker input: token type 1 marks a query token whose id also occurs in the document and a document token
+    # whose id occurs in the query (the query runs from the first token to the first `sep_token_id`). An exact-match
+    # signal, as in DrQA's reader: a cross-encoder pre-trained briefly has no attention head that finds shared
+    # tokens, and without one it stays at chance on its own training pairs (measured: docs/small_preset.md).
+    # Needs type_vocab_size >= 2; the pair's ids alone decide the types, so every export computes the same
+    pair_match_types: bool = False
+    sep_token_id: int = 2  # XLM-R's </s>, between query and document in `<s> q </s></s> d </s>`
 
     def __post_init__(self) -> None:
         self.validate()
@@ -90,6 +97,9 @@ class ModelConfig:
             raise ValueError(f"model.hidden_dropout: must be in [0, 1), got {self.hidden_dropout}")
         if self.type_vocab_size < 0:
             raise ValueError(f"model.type_vocab_size: must be >= 0, got {self.type_vocab_size}")
+        if self.pair_match_types and self.type_vocab_size < 2:
+            raise ValueError(f"model.pair_match_types: needs model.type_vocab_size >= 2 (type 1 marks a matched "
+                             f"token), got {self.type_vocab_size}")
         if self.sparse_tf_k1 < 0:
             raise ValueError(f"model.sparse_tf_k1: must be >= 0 (0 = max-pooled weights), got {self.sparse_tf_k1}")
         if not 0.0 <= self.sparse_length_b <= 1.0:

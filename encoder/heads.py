@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -270,6 +270,22 @@ class RerankerHead(nn.Module):
         return self.classifier(cls_hidden).squeeze(-1)  # [B]
 
 
+def pair_match_types(batch: UnpaddedBatch, sep_token_id: int, vocab_size: int) -> Tensor:
+    """Token types `[T]` of packed `<s> q </s></s> d </s>` pairs: 1 for a query token whose id occurs in the
+    document and a document token whose id occurs in the query, 0 elsewhere (the first token and every separator
+    included). The query is the tokens between the first token and the first separator; a sequence without a
+    separator is all query and matches nothing."""
+    ids, seq, pos = batch.input_ids, batch.sequence_index, batch.position_ids
+    is_sep = ids == sep_token_id
+    no_sep = torch.full((batch.num_sequences,), torch.iinfo(pos.dtype).max, dtype=pos.dtype, device=ids.device)
+    boundary = no_sep.scatter_reduce(0, seq[is_sep], pos[is_sep], reduce="amin")[seq]  # first separator, per token
+    query = (pos > 0) & (pos < boundary)
+    doc = (pos > boundary) & ~is_sep
+    keys = seq * vocab_size + ids  # one key per (pair, token id)
+    matched = (query & torch.isin(keys, keys[doc])) | (doc & torch.isin(keys, keys[query]))
+    return matched.long()
+
+
 class Reranker(nn.Module):
     """Cross-encoder: one logit per `[CLS] q [SEP] d` sequence."""
 
@@ -280,4 +296,7 @@ class Reranker(nn.Module):
         self.head = RerankerHead(config, use_pooler)
 
     def forward(self, batch: UnpaddedBatch) -> Tensor:
+        if self.config.pair_match_types:  # the ids decide the types: whatever a caller passed is replaced
+            batch = replace(batch, token_type_ids=pair_match_types(batch, self.config.sep_token_id,
+                                                                   self.config.vocab_size))
         return self.head(self.encoder.cls_states(batch))

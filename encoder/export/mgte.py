@@ -187,6 +187,9 @@ def state_dict_to_mgte(model: TaskModel) -> dict[str, torch.Tensor]:
     if kind == "trm" and model.config.sparse_tf_k1 > 0:
         raise ValueError("model.sparse_tf_k1: the new-impl layout max-pools the lexical weights, without BM25's "
                          "term-frequency scaling")
+    if kind == "reranker" and model.config.pair_match_types:
+        raise ValueError("model.pair_match_types: the new-impl layout has no token types that mark the tokens a "
+                         "query and its document share")
     return {new: ours[k] for k, new in key_table(_config_of(model), kind).items()}
 
 

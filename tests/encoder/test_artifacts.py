@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from data_prep.tokenizer import special_ids
 from encoder.artifacts import load_encoder_weights, load_final, save_final
+from encoder.batch import UnpaddedBatch
 from encoder.checkpoint import CheckpointError
 from encoder.config import ModelConfig
 from encoder.heads import Reranker, TextRepresentationModel
@@ -69,3 +72,21 @@ def test_a_trm_head_from_before_the_mean_length_initialises_the_next_stage(tiny_
     assert torch.equal(fresh.head.token_prior, model.head.token_prior)
     assert float(fresh.head.mean_text_length) == 0
     assert load_encoder_weights(Reranker(config), final).endswith("head freshly initialised)")
+
+
+def test_a_reranker_with_match_types_starts_from_a_one_type_trm_unchanged(tiny_assets, tiny_tokenizer, tmp_path):
+    # the new token-type row starts as a copy of row 0, so before training the reranker's encoder computes exactly
+    # what the TRM's did, marked tokens or not
+    model, config, info = _tiny_trm(tiny_tokenizer)
+    final = save_final(tmp_path / "trm", model, config, tiny_assets.tokenizer_dir, info)
+    wider = replace(config, type_vocab_size=2, pair_match_types=True)
+    reranker = Reranker(wider).eval()
+    load_encoder_weights(reranker, final)
+    rows = reranker.encoder.embeddings.token_type_embeddings.weight
+    assert torch.equal(rows[1], rows[0])
+    assert torch.equal(rows[0], model.encoder.embeddings.token_type_embeddings.weight[0])
+    batch = UnpaddedBatch.from_sequences([[0, 5, 6, 2, 2, 6, 7, 2], [0, 9, 2, 2, 9, 9, 2]])
+    with torch.no_grad():
+        assert torch.allclose(reranker.encoder(batch), model.encoder.eval()(batch), atol=1e-6)
+    with pytest.raises(RuntimeError, match="token_type_embeddings"):  # only widening: a model without types refuses
+        load_encoder_weights(Reranker(replace(config, type_vocab_size=0)), final)

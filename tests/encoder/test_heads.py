@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from encoder.heads import (
     dense_scores,
     hybrid_scores,
     idf_prior,
+    pair_match_types,
     sparse_scores,
 )
 
@@ -198,6 +200,41 @@ def test_reranker_one_logit_per_pair_independent_of_packing():
                            for s in batch.split(batch.input_ids)])
     assert scores.shape == (3,)
     assert torch.allclose(scores, alone, atol=1e-5)
+
+
+def test_pair_match_types_by_hand():
+    """Type 1 on the query and document tokens the two share, within each pair only; the first token, the
+    separators and a pair without a separator get 0."""
+    sep = 2
+    pairs = [[0, 5, 6, 2, 2, 6, 7, 5, 5, 2],  # 5 and 6 on both sides; 7 only in the document
+             [0, 8, 2, 2, 5, 9, 2],  # 5 is in the first pair's query, not this one's: no match across pairs
+             [0, 4, 4, 7]]  # no separator: all query, nothing to match
+    batch = UnpaddedBatch.from_sequences(pairs)
+    types = pair_match_types(batch, sep, vocab_size=16)
+    assert batch.split(types)[0].tolist() == [0, 1, 1, 0, 0, 1, 0, 1, 1, 0]
+    assert batch.split(types)[1].tolist() == [0] * 7
+    assert batch.split(types)[2].tolist() == [0] * 4
+
+
+def test_a_reranker_with_match_types_scores_by_them_and_packing_changes_nothing():
+    torch.manual_seed(5)
+    config = tiny_config(type_vocab_size=2, pair_match_types=True)
+    model = Reranker(config).eval()
+    pairs = [[0, 5, 6, 2, 2, 6, 7, 5, 2], [0, 5, 6, 2, 2, 8, 7, 9, 2], [0, 11, 2, 2, 12, 11, 2]]
+    with torch.no_grad():
+        scores = model(UnpaddedBatch.from_sequences(pairs))
+        alone = torch.cat([model(UnpaddedBatch.from_sequences([p])) for p in pairs])
+        plain = Reranker(replace(config, pair_match_types=False)).eval()
+        plain.load_state_dict(model.state_dict())
+        unmarked = plain(UnpaddedBatch.from_sequences(pairs))
+        # type 0 everywhere is what the model without match types computes; the marks change the score
+        all_zero = model.head(model.encoder.cls_states(UnpaddedBatch.from_sequences(pairs)))
+    assert torch.allclose(scores, alone, atol=1e-5)
+    assert torch.allclose(unmarked, all_zero, atol=1e-6)
+    assert not torch.allclose(scores[[0, 2]], unmarked[[0, 2]], atol=1e-4)  # pairs with matches
+    assert torch.allclose(scores[1], unmarked[1], atol=1e-6)  # no shared token: nothing marked
+    with pytest.raises(ValueError, match="type_vocab_size >= 2"):
+        tiny_config(type_vocab_size=1, pair_match_types=True)
 
 
 def test_idf_prior_is_the_root_of_bm25_idf_ranked_by_rarity():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,9 @@ def exported(tmp_path_factory):
     models["trm"] = make_model("trm", tiny_config(len(tokenizer), sparse_tf_k1=1.2), seed=1,
                                special_ids=tuple(tokenizer.all_special_ids))
     weight_every_token_(models["trm"])
+    # the reranker marks the tokens a query and its document share (token type 1): the exports must compute it
+    models["reranker"] = make_model("reranker", tiny_config(len(tokenizer), type_vocab_size=2, pair_match_types=True),
+                                    seed=2)
     models["trm_mean"] = make_model("trm", tiny_config(len(tokenizer), pooling="mean"), seed=7,
                                     special_ids=tuple(tokenizer.all_special_ids))
     for kind, model in models.items():
@@ -184,6 +188,9 @@ def test_reranker_sequence_classification_and_cross_encoder_match(exported):
     _, info, hidden = _ours(model.encoder, out["pair_input_ids"], out["pair_attention_mask"])
     assert _max_diff(out["rr_hidden"], pad(hidden, info)) < TOL
     assert logits.std() > 0  # distinct scores for distinct pairs
+    unmarked = type(model)(replace(model.config, pair_match_types=False), use_pooler=True).eval()
+    unmarked.load_state_dict(model.state_dict())
+    assert _max_diff(unmarked(batch), logits) > 1e-3  # the match types were applied, not dropped on the way
 
 
 def test_export_layout_and_card(exported):

@@ -156,6 +156,11 @@ def test_task_import_matches_reference_and_exports_back(tmp_path, kind):
         with pytest.raises(ValueError, match="tie_word_embeddings"):
             save_mgte(model, tmp_path / "untied")
         assert not (tmp_path / "untied").exists()
+    if kind == "reranker":  # token types that mark shared tokens: the layout's model never computes them
+        model.config.pair_match_types = True
+        with pytest.raises(ValueError, match="pair_match_types"):
+            save_mgte(model, tmp_path / "matched")
+        assert not (tmp_path / "matched").exists()
 
 
 def test_import_rejects_unknown_keys_and_options(tmp_path):
