@@ -11,10 +11,14 @@ Rows (nDCG@10 on the split; k1 1.2, b 0.75; a query token counts once):
   tf-saturated x idf   idf x tf (k1+1) / (tf + k1): term frequency without length normalisation
   BM25 x prior^2       BM25's tf and length terms with the prior
   BM25 x idf           BM25 proper over the model's tokens
+  head q-side          BM25 x prior^2 with the head's learned weight on the query tokens only (max-pooled weight
+                       over prior: the factor the head learnt; no tf scaling on the query, as in the head)
+  head d-side          the same with the learned weight on the document tokens only
   sparse head          the TRM's own sparse scores (model.sparse_tf_k1 as the model was trained)
 
 Why: a max-pooled lexical weight cannot see that a section names its topic ten times, nor that a long one matches
-everything once. This tells apart what the head's learned weights are worth from what its shape loses.
+everything once. This tells apart what the head's learned weights are worth from what its shape loses, and on
+which side (query or document) they help or hurt.
 Prints a table and writes the JSON (--out).
 """
 
@@ -37,7 +41,8 @@ from encoder.inference import tokenize_texts  # noqa: E402
 from encoder.metrics import mean_metrics  # noqa: E402
 
 K1, B = 1.2, 0.75
-ROWS = ("binary x prior^2", "binary x idf", "tf-saturated x idf", "BM25 x prior^2", "BM25 x idf", "sparse head")
+ROWS = ("binary x prior^2", "binary x idf", "tf-saturated x idf", "BM25 x prior^2", "BM25 x idf", "head q-side",
+        "head d-side", "sparse head")
 
 
 def count_matrix(sequences: list[list[int]], vocab: int, special: set[int]) -> torch.Tensor:
@@ -49,8 +54,11 @@ def count_matrix(sequences: list[list[int]], vocab: int, special: set[int]) -> t
     return counts
 
 
-def lexical_scores(queries: torch.Tensor, docs: torch.Tensor, prior: torch.Tensor) -> dict[str, torch.Tensor]:
-    """`[Nq, Nd]` scores of every shape but the model's own, from query and document count matrices."""
+def lexical_scores(queries: torch.Tensor, docs: torch.Tensor, prior: torch.Tensor,
+                   learned: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """`[Nq, Nd]` scores of every shape but the model's own, from query and document count matrices; with
+    `learned` (the head's learned factor per query and per document token, `[Nq, V]` and `[Nd, V]`), the two
+    one-sided rows too."""
     n = len(docs)
     df = (docs > 0).sum(0).float()
     idf = torch.log1p((n - df + 0.5) / (df + 0.5))
@@ -58,11 +66,27 @@ def lexical_scores(queries: torch.Tensor, docs: torch.Tensor, prior: torch.Tenso
     lengths = docs.sum(1, keepdim=True)
     saturated = docs * (K1 + 1) / (docs + K1)
     bm25 = docs * (K1 + 1) / (docs + K1 * (1 - B + B * lengths / lengths.mean().clamp_min(1e-6)))
-    return {"binary x prior^2": (present * prior ** 2) @ (docs > 0).float().T,
-            "binary x idf": (present * idf) @ (docs > 0).float().T,
-            "tf-saturated x idf": (present * idf) @ saturated.T,
-            "BM25 x prior^2": (present * prior ** 2) @ bm25.T,
-            "BM25 x idf": (present * idf) @ bm25.T}
+    scores = {"binary x prior^2": (present * prior ** 2) @ (docs > 0).float().T,
+              "binary x idf": (present * idf) @ (docs > 0).float().T,
+              "tf-saturated x idf": (present * idf) @ saturated.T,
+              "BM25 x prior^2": (present * prior ** 2) @ bm25.T,
+              "BM25 x idf": (present * idf) @ bm25.T}
+    if learned is not None:
+        query_factor, doc_factor = learned
+        scores["head q-side"] = (present * query_factor * prior) @ (bm25 * prior).T
+        scores["head d-side"] = (present * prior) @ (bm25 * doc_factor * prior).T
+    return scores
+
+
+def learned_factors(model, encoded, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's learned factor of each (text, token id): its max-pooled lexical weight over the token's prior,
+    `[Nq, V]` and `[Nd, V]` (`encoded` from a head without tf scaling)."""
+    def dense(sparse) -> torch.Tensor:
+        out = torch.zeros(sparse.batch_size, vocab)
+        out[sparse.sequence_index, sparse.token_ids] = sparse.weights.float()
+        return out / model.head.token_prior.float().clamp_min(1e-12)
+
+    return dense(encoded.queries.sparse), dense(encoded.docs.sparse)
 
 
 def shapes(model_dir: Path, beir_dir: Path, split: str) -> dict:
@@ -75,10 +99,15 @@ def shapes(model_dir: Path, beir_dir: Path, split: str) -> dict:
     docs, _ = tokenize_texts(tokenizer, [doc_text(data.corpus[d]) for d in doc_ids], budget)
     special = set(model.head.special_ids)
     vocab = model.config.vocab_size
-    scores = lexical_scores(count_matrix(queries, vocab, special), count_matrix(docs, vocab, special),
-                            model.head.token_prior.float())
     with torch.inference_mode():
-        scores["sparse head"] = score_matrix(encode_set(model, tokenizer, data, query_ids), 0.0, 1.0)
+        scores = {"sparse head": score_matrix(encode_set(model, tokenizer, data, query_ids), 0.0, 1.0)}
+        tf_k1, model.head.tf_k1 = model.head.tf_k1, 0.0  # the learned weights alone, max-pooled
+        try:
+            learned = learned_factors(model, encode_set(model, tokenizer, data, query_ids), vocab)
+        finally:
+            model.head.tf_k1 = tf_k1
+    scores.update(lexical_scores(count_matrix(queries, vocab, special), count_matrix(docs, vocab, special),
+                                 model.head.token_prior.float(), learned))
     row = {"model": str(model_dir), "beir": str(beir_dir), "split": split, "queries": len(query_ids)}
     row.update({name: mean_metrics(rank(s, query_ids, doc_ids), qrels)["ndcg@10"] for name, s in scores.items()})
     return row

@@ -32,6 +32,12 @@ def test_term_frequency_and_length_by_hand():
     assert torch.allclose(scores["BM25 x idf"], idf * expected)
     assert torch.allclose(scores["BM25 x prior^2"], 4.0 * expected)
     assert scores["BM25 x idf"].argsort(descending=True).tolist() == [[0, 1, 2]]
+    # the head's learned factor on one side only: it scales that side's term of each shared token
+    query_factor, doc_factor = torch.ones(1, 40), torch.ones(3, 40)
+    query_factor[0, 5], doc_factor[:, 5] = 0.5, torch.tensor([1.0, 3.0, 2.0])
+    one_sided = bench.lexical_scores(queries, docs, torch.full((40,), 2.0), (query_factor, doc_factor))
+    assert torch.allclose(one_sided["head q-side"], 0.5 * scores["BM25 x prior^2"])
+    assert torch.allclose(one_sided["head d-side"], torch.tensor([[1.0, 3.0, 2.0]]) * scores["BM25 x prior^2"])
 
 
 def test_every_shape_is_scored_on_a_beir_set(tiny_trm_final, tmp_path, capsys):
