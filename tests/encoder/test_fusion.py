@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,7 @@ from encoder.evaluate import (
     fused_run,
     hybrid_matrix,
     markdown_table,
+    paired_gain,
     rank_correlation,
     rerank_sample,
     reranker_verdict,
@@ -148,13 +151,40 @@ def test_beta_search_trusts_a_reranker_that_helps_and_ignores_one_that_does_not(
     first = {"q1": ["x", "rel1", "y"], "q2": ["u", "v", "rel2"]}
     qrels = {"q1": {"rel1": 1}, "q2": {"rel2": 1}}
     good = {"q1": [0.0, 1.0, 0.5], "q2": [0.0, 0.1, 2.0]}
-    beta, curve = search_beta(first, good, qrels)
-    assert curve[1.0] == pytest.approx(1.0) and beta == min(b for b in curve if curve[b] == curve[1.0])
+    choice = search_beta(first, good, qrels)
+    assert choice.curve[1.0] == pytest.approx(1.0)
+    assert choice.beta == choice.best == min(b for b in choice.curve if choice.curve[b] == choice.curve[1.0])
+    # both queries gain (1 - 1/log2 3 and 1 - 1/log2 4): mean 0.435, paired standard error 0.065
+    assert choice.gain == pytest.approx((2 - 1 / math.log2(3) - 0.5) / 2)
+    assert choice.stderr == pytest.approx(abs(0.5 - (1 - 1 / math.log2(3))) / 2) and choice.queries == 2
     flat = {"q1": [0.0, 0.0, 0.0], "q2": [0.0, 0.0, 0.0]}  # no information: every β ties, the first stage wins
-    assert search_beta(first, flat, qrels)[0] == 0.0
+    assert search_beta(first, flat, qrels).beta == 0.0
     bad = {"q1": [1.0, 0.0, 0.5], "q2": [2.0, 1.0, 0.0]}  # pushes the relevant documents down
-    beta, curve = search_beta(first, bad, qrels)
-    assert beta == 0.0 and curve[0.0] > curve[1.0]
+    choice = search_beta(first, bad, qrels)
+    assert choice.beta == 0.0 and choice.curve[0.0] > choice.curve[1.0]
+
+
+def test_paired_gain_by_hand():
+    assert paired_gain({"a": 0.5, "b": 0.2}, {"a": 0.7, "b": 0.2}) == pytest.approx((0.1, 0.1))
+    assert paired_gain({"a": 0.5}, {"a": 0.9}) == (pytest.approx(0.4), math.inf)  # one query: no error estimate
+    assert paired_gain({}, {}) == (0.0, math.inf)
+
+
+def test_beta_search_keeps_the_first_stage_when_the_dev_gain_is_within_its_noise():
+    # 4 dev queries: past β 0.5 the fusion lifts q1's relevant document from rank 3 to 1 (+0.5) and drops q2's
+    # from rank 1 to 2 (-0.37); q3, q4 unchanged. The best β on the curve gains 0.033, but its paired standard
+    # error over the four queries is 0.18: β stays 0.
+    first = {"q1": ["a", "b", "rel"], "q2": ["rel", "b", "c"], "q3": ["rel", "x", "y"], "q4": ["rel", "x", "y"]}
+    qrels = {q: {"rel": 1} for q in first}
+    scores = {"q1": [0.0, 0.1, 1.0], "q2": [0.5, 1.0, 0.0], "q3": [1.0, 0.0, 0.0], "q4": [1.0, 0.0, 0.0]}
+    choice = search_beta(first, scores, qrels)
+    assert choice.best == 0.6 and choice.gain == pytest.approx((0.5 + 1 / math.log2(3) - 1) / 4)  # the curve trusts it
+    assert choice.stderr == pytest.approx(0.178, abs=1e-3) and choice.beta == 0.0  # ... but the gain is noise
+    # the same lift on every query is no noise: β is kept
+    lifted = {q: {"rel": 1} for q in ("q1", "q5", "q6")}
+    first_lifted = {q: ["a", "b", "rel"] for q in lifted}
+    choice = search_beta(first_lifted, {q: [0.0, 0.1, 1.0] for q in lifted}, lifted)
+    assert choice.beta == choice.best > 0 and choice.stderr == pytest.approx(0.0)
 
 
 def test_markdown_table_marks_groups_a_sampled_row_does_not_cover():
