@@ -126,29 +126,27 @@ class FillerPool:
         return self.queue.pop()
 
 
+POSITION_TOLERANCE = 0.02  # realised minus nominal needle position a document may miss by before a redraw
+COMPOSE_TRIES = 20
+
+
 def compose(needle: str, fillers: FillerPool, length: int, position: float, tokens: Tokens) -> tuple[str, dict]:
     """A document of at most `length` tokens (>= 90%) with `needle` after a `position` share of the fillers."""
     room = length - tokens.specials - tokens.count(needle)
     if room < 0:
         raise DataError(f"needle of {tokens.count(needle)} tokens does not fit a {length}-token document")
-    chosen: list[tuple[str, str]] = []
-    used, misses = 0, 0
-    while room - used > 0.02 * length and misses < 200:  # stop close to the target; short passages top it up
-        unit_id, text = fillers.draw()
-        n = tokens.count(text)
-        if used + n <= room:
-            chosen.append((unit_id, text))
-            used += n
-        else:
-            misses += 1
-    # greedy subset sum, longest first, so the fillers before the needle come close to `position` of them
-    # whatever the passage lengths; each side keeps the drawn (random) order
-    target, ahead, before_ids = position * used, 0, set()
-    for k in sorted(range(len(chosen)), key=lambda k: -tokens.count(chosen[k][1])):
-        n = tokens.count(chosen[k][1])
-        if ahead + n <= target + 0.5:
-            before_ids.add(k)
-            ahead += n
+    # one long passage can make `position` unreachable (a 600-token article in a 1k document puts the needle at
+    # 0 or past 0.6): draw again, up to COMPOSE_TRIES times, and keep the closest
+    best = None
+    for _ in range(COMPOSE_TRIES):
+        chosen = _draw_fillers(fillers, room, length, tokens)
+        before_ids, ahead, used = _split_at(chosen, position, tokens)
+        miss = abs((ahead / used if used else 0.0) - position)
+        if best is None or miss < best[0]:
+            best = (miss, chosen, before_ids, ahead, used)
+        if miss <= POSITION_TOLERANCE:
+            break
+    _, chosen, before_ids, ahead, used = best
     before = " ".join(t for k, (_, t) in enumerate(chosen) if k in before_ids)
     after = " ".join(t for k, (_, t) in enumerate(chosen) if k not in before_ids)
     start = len(before) + (1 if before else 0)
@@ -160,6 +158,34 @@ def compose(needle: str, fillers: FillerPool, length: int, position: float, toke
             "relative_position": ahead / used if used else 0.0,
             "filler_units": sorted({u for u, _ in chosen})}
     return text, info
+
+
+def _draw_fillers(fillers: FillerPool, room: int, length: int, tokens: Tokens) -> list[tuple[str, str]]:
+    """Passages drawn in random order until they fill `room` tokens to within 2% of `length`."""
+    chosen: list[tuple[str, str]] = []
+    used, misses = 0, 0
+    while room - used > 0.02 * length and misses < 200:  # stop close to the target; short passages top it up
+        unit_id, text = fillers.draw()
+        n = tokens.count(text)
+        if used + n <= room:
+            chosen.append((unit_id, text))
+            used += n
+        else:
+            misses += 1
+    return chosen
+
+
+def _split_at(chosen: list[tuple[str, str]], position: float, tokens: Tokens) -> tuple[set[int], int, int]:
+    """Greedy subset sum, longest first: the passages to put before the needle so that their tokens come close
+    to `position` of all; each side keeps the drawn (random) order. Returns (their indices, their tokens, all)."""
+    used = sum(tokens.count(text) for _, text in chosen)
+    target, ahead, before_ids = position * used, 0, set()
+    for k in sorted(range(len(chosen)), key=lambda k: -tokens.count(chosen[k][1])):
+        n = tokens.count(chosen[k][1])
+        if ahead + n <= target + 0.5:
+            before_ids.add(k)
+            ahead += n
+    return before_ids, ahead, used
 
 
 MIN_MATCH_CHARS = 8  # shorter texts ("日付") occur inside unrelated passages and identify nothing
