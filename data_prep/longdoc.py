@@ -365,7 +365,8 @@ def long_training_pairs(units: dict[str, Unit], tokenizer, lengths: Sequence[int
                         ) -> list[PairRecord]:
     """Query (a train unit in one language) -> the whole long document holding it (in another language);
     negatives = other long documents of the same length and language. TRAIN units only; the needle units
-    are never fillers, so no negative contains the query's unit. `source` is `longdoc-<length>`.
+    are never fillers, so no negative contains the query's unit. `source` is `longdoc-<length>`. A needle longer
+    than half its document is skipped, so a length may get fewer than `docs_per_length` documents.
     query_mode and languages as in `build_longdoc_sets`."""
     _check_mode(query_mode)
     tokens = Tokens(tokenizer)
@@ -387,6 +388,8 @@ def long_training_pairs(units: dict[str, Unit], tokenizer, lengths: Sequence[int
                              and lang in pools), None)
             if doc_lang is None:
                 continue
+            if tokens.count(unit.texts[doc_lang]) > length // 2:
+                continue  # a UDHR article can fill a 1k document alone: that is no needle in a haystack
             q_lang = doc_lang if query_mode == "same" else rng.choice([q for q in sorted(unit.texts) if q != doc_lang])
             text, _ = compose(unit.texts[doc_lang], pools[doc_lang], length, rng.random(), tokens)
             docs.append((unit.texts[q_lang], q_lang, text, doc_lang))

@@ -4,6 +4,7 @@ determinism, and nothing but the needle answering a query."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 
@@ -16,6 +17,7 @@ from data_prep.longdoc import (
     build_longdoc_sets,
     check_longdoc_set,
     long_training_pairs,
+    pair_needle_candidates,
     read_longdoc_set,
     write_longdoc_sets,
 )
@@ -103,7 +105,10 @@ def test_training_pairs_use_train_units_only(tiny_assets, tiny_tokenizer):
     units = tiny_assets.units
     records = long_training_pairs(units, tiny_tokenizer, lengths=(1024, 4096), docs_per_length=8,
                                   num_negatives=2, query_mode="same")
-    assert len(records) == 16 and {r.source for r in records} == {"longdoc-1024", "longdoc-4096"}
+    # 8 needles per length, less any too long to be one (a UDHR article fills half a 1k document alone)
+    assert 12 <= len(records) <= 16 and {r.source for r in records} == {"longdoc-1024", "longdoc-4096"}
+    for record in records:
+        assert len(tiny_tokenizer(record.query, add_special_tokens=False)["input_ids"]) <= 1024 // 2
     heldout = [t for u in units.values() if u.split != "train" for t in u.texts.values() if len(t) >= MIN_MATCH_CHARS]
     for record in records:
         assert record.query in record.positive
@@ -112,3 +117,10 @@ def test_training_pairs_use_train_units_only(tiny_assets, tiny_tokenizer):
             assert not any(h in text for h in heldout)
     assert long_training_pairs(units, tiny_tokenizer, lengths=(1024,), docs_per_length=8) == \
         long_training_pairs(units, tiny_tokenizer, lengths=(1024,), docs_per_length=8)
+
+
+def test_a_needle_longer_than_half_the_document_is_skipped_not_fatal(tiny_assets, tiny_tokenizer):
+    # every candidate needle made 40x longer than it was: none fits half of a 1024-token document
+    units = {k: dataclasses.replace(u, texts={lang: " ".join([t] * 40) for lang, t in u.texts.items()})
+             if k in pair_needle_candidates(tiny_assets.units) else u for k, u in tiny_assets.units.items()}
+    assert long_training_pairs(units, tiny_tokenizer, lengths=(1024,), docs_per_length=4) == []
