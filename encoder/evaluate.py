@@ -456,7 +456,7 @@ def evaluate_reranker(reranker: Reranker, tokenizer, data: BeirData, result: dic
 
 
 def beta_tuning_clause(tuning: dict[str, Any]) -> str:
-    """`; dev: best β 0.4 gains +0.012 ± 0.020 over 30 queries` (older reports lack the figures: empty)."""
+    """` (dev: best β 0.4 gains +0.012 ± 0.020 over 30 queries)` (older reports lack the figures: empty)."""
     if "gain" not in tuning:
         return ""
     stderr = "∞" if tuning.get("gain_stderr") is None else f"{tuning['gain_stderr']:.3f}"

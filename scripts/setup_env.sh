@@ -7,8 +7,8 @@ VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 # EXTRAS: the optional groups to install. The default is everything the tests use. `EXTRAS=` installs what the
 # pipeline needs (make demo), which saves the 30 s that Triton, DeepSpeed and the test tools take.
-EXTRAS=${EXTRAS-triton,deepspeed,dev}
 FULL=triton,deepspeed,dev
+EXTRAS=${EXTRAS-$FULL}
 hash=$(sha1sum constraints.txt pyproject.toml | sha1sum | cut -c1-12)
 stamp="$VENV/.installed-$hash-${EXTRAS:-base}"
 if [ -f "$stamp" ] || [ -f "$VENV/.installed-$hash-$FULL" ]; then exit 0; fi
