@@ -14,6 +14,8 @@ Rows (nDCG@10 on the split; k1 1.2, b 0.75; a query token counts once):
   head q-side          BM25 x prior^2 with the head's learned weight on the query tokens only (max-pooled weight
                        over prior: the factor the head learnt; no tf scaling on the query, as in the head)
   head d-side          the same with the learned weight on the document tokens only
+  head q-side x idf    BM25 proper (the corpus's own idf) with the head's learned weight on the query tokens
+  head both x idf      the same with the learned weight on both sides
   sparse head          the TRM's own sparse scores (model.sparse_tf_k1 as the model was trained)
 
 Why: a max-pooled lexical weight cannot see that a section names its topic ten times, nor that a long one matches
@@ -42,7 +44,7 @@ from encoder.metrics import mean_metrics  # noqa: E402
 
 K1, B = 1.2, 0.75
 ROWS = ("binary x prior^2", "binary x idf", "tf-saturated x idf", "BM25 x prior^2", "BM25 x idf", "head q-side",
-        "head d-side", "sparse head")
+        "head d-side", "head q-side x idf", "head both x idf", "sparse head")
 
 
 def count_matrix(sequences: list[list[int]], vocab: int, special: set[int]) -> torch.Tensor:
@@ -75,6 +77,8 @@ def lexical_scores(queries: torch.Tensor, docs: torch.Tensor, prior: torch.Tenso
         query_factor, doc_factor = learned
         scores["head q-side"] = (present * query_factor * prior) @ (bm25 * prior).T
         scores["head d-side"] = (present * prior) @ (bm25 * doc_factor * prior).T
+        scores["head q-side x idf"] = (present * query_factor * idf) @ bm25.T
+        scores["head both x idf"] = (present * query_factor * idf) @ (bm25 * doc_factor).T
     return scores
 
 

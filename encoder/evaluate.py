@@ -16,6 +16,10 @@ Reranking: the cross-encoder re-orders the hybrid top-k, alone and fused with th
 beats one paired standard error over the dev queries (`search_beta`), so a reranker whose dev gain is noise is
 not used; the verdict calls a reranker better only when its nDCG@10 beats the first stage's by RERANK_MARGIN.
 
+Sparse statistics: a head trained with an idf prior (and BM25's length normalisation) scores with the idf and
+mean document length of the corpus searched, re-estimated at encoding time as BM25 computes its own from the
+index (--sparse-statistics model keeps the training documents' values).
+
 Collapse diagnostics per model: the mean pairwise cosine of the document embeddings (near 1: every document
 looks alike) and the mean over queries of the rank correlation between a document's dense score and its
 length (near ±1: the score measures length, not relevance); either past its threshold adds a warning.
@@ -30,6 +34,7 @@ import math
 import random
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,12 +49,13 @@ from data_prep.tokenizer import load_tokenizer
 
 from .artifacts import load_final
 from .heads import Reranker, TextRepresentationModel, sparse_scores
-from .inference import Encoded, encode, score_pairs
+from .inference import Encoded, collection_statistics, encode, score_pairs
 from .metrics import mean_metrics, per_query, random_metrics
 
 GAMMA_GRID = tuple(i / 10 for i in range(11))  # sparse share of the z-normalised hybrid
 COLLAPSED_COSINE = 0.9  # mean pairwise document cosine at or above this: the embeddings have collapsed
 LENGTH_BIAS_RHO = 0.5  # |rank correlation of score with length| at or above this: the score tracks length
+SPARSE_STATISTICS = ("collection", "model")  # where the sparse head's idf prior and mean length come from
 Run = dict[str, list[str]]
 
 
@@ -66,12 +72,22 @@ def doc_text(doc: dict[str, str]) -> str:
 
 
 def encode_set(model: TextRepresentationModel, tokenizer, data: BeirData, query_ids: Sequence[str],
-               max_length: int | None = None) -> EncodedSet:
+               max_length: int | None = None, docs: Encoded | None = None,
+               sparse_statistics: str = "collection") -> EncodedSet:
+    """The queries `query_ids` and the whole corpus (or `docs`, the corpus already encoded by an earlier call,
+    with the same statistics). `sparse_statistics`: "collection" scores the sparse side with the idf prior and
+    mean length of this corpus (`inference.collection_statistics`, as BM25 does), "model" with the training
+    documents' values stored in the head."""
+    if sparse_statistics not in SPARSE_STATISTICS:
+        raise ValueError(f"sparse_statistics: expected one of {SPARSE_STATISTICS}, got {sparse_statistics!r}")
     doc_ids = list(data.corpus)
-    queries = encode(model, tokenizer, [data.queries[q]["text"] for q in query_ids], sparse=True,
-                     sparse_format="ids", max_length=max_length)
-    docs = encode(model, tokenizer, [doc_text(data.corpus[d]) for d in doc_ids], sparse=True, sparse_format="ids",
-                  max_length=max_length)
+    texts = [doc_text(data.corpus[d]) for d in doc_ids]
+    scope = collection_statistics(model, tokenizer, texts) if sparse_statistics == "collection" else nullcontext()
+    with scope:
+        queries = encode(model, tokenizer, [data.queries[q]["text"] for q in query_ids], sparse=True,
+                         sparse_format="ids", max_length=max_length)
+        if docs is None:
+            docs = encode(model, tokenizer, texts, sparse=True, sparse_format="ids", max_length=max_length)
     return EncodedSet(list(query_ids), doc_ids, queries, docs)
 
 
@@ -299,17 +315,18 @@ def search_gamma(encoded: EncodedSet, qrels: dict, grid: Sequence[float] = GAMMA
 # ---- the whole evaluation ------------------------------------------------------------------------------
 def evaluate_trm(model: TextRepresentationModel, tokenizer, data: BeirData, split: str = "test",
                  dev_split: str = "dev", gamma: float = 0.5, max_length: int | None = None,
-                 dims: Sequence[int] = ()) -> dict[str, Any]:
+                 dims: Sequence[int] = (), sparse_statistics: str = "collection") -> dict[str, Any]:
     """Dense / sparse / hybrid runs and metrics of one TRM on `split`; γ tuned on `dev_split` if present."""
     qrels = data.qrels[split]
     query_ids = sorted(qrels)
     tuned_on, dev_runs = None, {}
+    encoded = encode_set(model, tokenizer, data, query_ids, max_length, sparse_statistics=sparse_statistics)
     if dev_split in data.qrels and dev_split != split:
-        dev = encode_set(model, tokenizer, data, sorted(data.qrels[dev_split]), max_length)
+        dev = encode_set(model, tokenizer, data, sorted(data.qrels[dev_split]), max_length, docs=encoded.docs,
+                         sparse_statistics=sparse_statistics)
         gamma, curve = search_gamma(dev, data.qrels[dev_split])
         tuned_on = {"split": dev_split, "ndcg@10_by_gamma": curve}
         dev_runs["hybrid"] = rank(hybrid_matrix(dev, gamma), dev.query_ids, dev.doc_ids)  # what a reranker tunes on
-    encoded = encode_set(model, tokenizer, data, query_ids, max_length)
     runs = {"dense": rank(score_matrix(encoded), query_ids, encoded.doc_ids),
             "sparse": rank(score_matrix(encoded, 0.0, 1.0), query_ids, encoded.doc_ids),
             "hybrid": rank(hybrid_matrix(encoded, gamma), query_ids, encoded.doc_ids)}
@@ -360,7 +377,7 @@ def run_evaluation(data: BeirData, tokenizer, trm: TextRepresentationModel | Non
                    split: str = "test", rerank_top_k: int = 100, gamma: float = 0.5, max_length: int | None = None,
                    dims: Sequence[int] = (), bm25: bool = True, out_dir: Path | None = None,
                    progress: Callable[[str], None] = print, rerank_queries: int = 0,
-                   rerank_max_length: int | None = None) -> dict[str, Any]:
+                   rerank_max_length: int | None = None, sparse_statistics: str = "collection") -> dict[str, Any]:
     """Every system on one split; writes results.json / results.md / matryoshka.png when `out_dir` is given.
 
     `rerank_queries` > 0 reranks a fixed random sample of that many test queries (a cross-encoder costs top-k
@@ -371,13 +388,15 @@ def run_evaluation(data: BeirData, tokenizer, trm: TextRepresentationModel | Non
     query_ids = sorted(qrels)
     groups = query_groups(data, query_ids)
     table: dict[str, dict[str, dict[str, float]]] = {}
-    report: dict[str, Any] = {"split": split, "queries": len(query_ids), "corpus": len(data.corpus)}
+    report: dict[str, Any] = {"split": split, "queries": len(query_ids), "corpus": len(data.corpus),
+                              "sparse_statistics": sparse_statistics}
     curves = {}
     for label, model in (("untrained", untrained), ("", trm)):
         if model is None:
             continue
         progress(f"encoding with the {label or 'trained'} TRM")
-        result = evaluate_trm(model, tokenizer, data, split, gamma=gamma, max_length=max_length, dims=dims)
+        result = evaluate_trm(model, tokenizer, data, split, gamma=gamma, max_length=max_length, dims=dims,
+                              sparse_statistics=sparse_statistics)
         prefix = f"{label} " if label else ""
         for name, metrics in result["metrics"].items():
             table[f"{prefix}{name}"] = metrics
@@ -499,6 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--untrained-baseline", action="store_true",
                         help="also score a randomly initialised TRM of the same shape (seed 0)")
     parser.add_argument("--no-bm25", action="store_true", help="skip the BM25 baseline")
+    parser.add_argument("--sparse-statistics", choices=SPARSE_STATISTICS, default="collection",
+                        help="the sparse head's idf prior and mean length: re-estimated on the corpus searched, as "
+                             "BM25 does (collection, default), or the training documents' values (model)")
     parser.add_argument("--out", default="runs/eval", help="output directory (results.json, results.md, png)")
     parser.add_argument("--device", default="cpu")
     return parser
@@ -531,7 +553,8 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --reranker needs a first stage: give --trm too", file=sys.stderr)
             return 2
         report = run_evaluation(data, tokenizer, trm, reranker, untrained, args.split, args.rerank_top_k, args.gamma,
-                                args.max_length, dims, not args.no_bm25, Path(args.out))
+                                args.max_length, dims, not args.no_bm25, Path(args.out),
+                                sparse_statistics=args.sparse_statistics)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -232,6 +232,18 @@ def idf_prior(documents: list[list[int]], vocab_size: int) -> Tensor:
     return (idf / mean).sqrt().float()
 
 
+def fit_sparse_statistics(head: TRMHead, documents: list[list[int]]) -> None:
+    """Re-estimate the head's corpus statistics on `documents` (token ids without special tokens): the idf prior
+    when the head has one (it was trained with `train.sparse_prior=idf`; a head without a prior keeps none) and,
+    with BM25's length normalisation (tf_k1 > 0), the mean text length. What BM25 computes over the collection
+    it searches, the head otherwise knows only from its training documents."""
+    with torch.no_grad():
+        if not bool(torch.all(head.token_prior == 1)):
+            head.token_prior.copy_(idf_prior(documents, head.vocab_size).to(head.token_prior.device))
+        if head.tf_k1 > 0:
+            head.mean_text_length.fill_(sum(map(len, documents)) / max(len(documents), 1))
+
+
 def dense_scores(queries: Tensor, docs: Tensor) -> Tensor:
     """Cosine similarity `[Bq, Bd]` of normalised embeddings."""
     return queries @ docs.T

@@ -10,7 +10,8 @@ undecodable bytes with `surrogateescape`) become U+FFFD. A non-string (None) is 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +21,7 @@ from data_prep.batching import TokenBudgetBatchSampler, pack
 
 from .batch import UnpaddedBatch
 from .export.text_input import checked_text, checked_texts
-from .heads import Reranker, SparseEmbedding, TextRepresentationModel
+from .heads import Reranker, SparseEmbedding, TextRepresentationModel, fit_sparse_statistics
 
 DEFAULT_BATCH_TOKENS = 16384
 
@@ -128,6 +129,25 @@ def run_batches(model: torch.nn.Module, sequences: list[list[int]], batch_tokens
                 fn(indices, model(collate([sequences[i] for i in indices]).to(device)))
     finally:
         model.train(was_training)
+
+
+@contextmanager
+def collection_statistics(model: TextRepresentationModel, tokenizer, documents: Sequence[str]) -> Iterator[None]:
+    """Inside the block the sparse head scores with the statistics of `documents`, the collection searched: its
+    idf prior and mean text length re-estimated there (`heads.fit_sparse_statistics`), as BM25 takes its idf
+    from the index. Encode the queries and the documents of one search inside one block; the trained values
+    come back after it."""
+    head = model.head
+    saved = head.token_prior.clone(), head.mean_text_length.clone()
+    encodings = tokenizer.backend_tokenizer.encode_batch(checked_texts(documents, "documents"),
+                                                         add_special_tokens=False)
+    fit_sparse_statistics(head, [e.ids for e in encodings])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            head.token_prior.copy_(saved[0])
+            head.mean_text_length.copy_(saved[1])
 
 
 def encode(model: TextRepresentationModel, tokenizer, texts: Sequence[str], *, dim: int | None = None,

@@ -31,7 +31,7 @@ from transformers.modeling_outputs import (
 
 from ..batch import IGNORE_INDEX, pad, unpad
 from ..config import ModelConfig
-from ..heads import MLMHead, Reranker, RerankerHead, TRMHead
+from ..heads import MLMHead, Reranker, RerankerHead, TRMHead, fit_sparse_statistics
 from ..model import Encoder
 from ..rope import RotaryEmbedding
 
@@ -214,6 +214,11 @@ class LongEncForSparseEmbedding(LongEncPreTrainedModel):
     def sparse_embedding(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> list[dict[int, float]]:
         batch, _, hidden = self._packed_forward(input_ids, attention_mask, None)
         return self.head.sparse_weights(hidden, batch).to_dicts()
+
+    def fit_sparse_statistics(self, documents: list[list[int]]) -> None:
+        """Score with the idf prior and mean length of `documents` (the collection you search, as token ids
+        without special tokens) instead of the training documents' values, as the evaluation does."""
+        fit_sparse_statistics(self.head, documents)
 
 
 class LongEncForSequenceClassification(LongEncPreTrainedModel):

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..batch import unpad
 from ..config import ModelConfig
-from ..heads import TRMHead
+from ..heads import TRMHead, fit_sparse_statistics
 from .text_input import clean_inputs, clean_text
 
 
@@ -65,6 +65,11 @@ class LongEncSparsePooling(Module):
         embedding[sparse.sequence_index, sparse.token_ids] = sparse.weights.to(embedding.dtype)
         features["sentence_embedding"] = embedding  # SparseEncoder turns it into a sparse tensor
         return features
+
+    def fit_sparse_statistics(self, documents: list[list[int]]) -> None:
+        """Score with the idf prior and mean length of `documents` (the collection you search, as token ids
+        without special tokens) instead of the training documents' values, as the evaluation does."""
+        fit_sparse_statistics(self.head, documents)
 
     def get_embedding_dimension(self) -> int:
         return self.vocab_size

@@ -268,3 +268,18 @@ def test_token_prior_scales_the_lexical_weights_and_old_checkpoints_load_without
     fresh = TextRepresentationModel(tiny_config(), special_token_ids=SPECIALS)
     fresh.load_state_dict(state)  # a checkpoint from before the prior: strict load, prior = ones
     assert torch.all(fresh.head.token_prior == 1)
+
+
+def test_fit_sparse_statistics_refits_a_prior_and_mean_length_but_adds_no_prior_to_a_head_without_one():
+    from encoder.heads import fit_sparse_statistics
+
+    docs = [[5, 6, 7], [5, 6], [5, 8], [5]]
+    plain = TextRepresentationModel(tiny_config(), special_token_ids=SPECIALS).head
+    fit_sparse_statistics(plain, docs)
+    assert torch.all(plain.token_prior == 1) and float(plain.mean_text_length) == 0  # no prior, no k1: nothing
+    scaled = TextRepresentationModel(tiny_config(sparse_tf_k1=1.2), special_token_ids=SPECIALS).head
+    with torch.no_grad():
+        scaled.token_prior.copy_(idf_prior([[9, 9, 4]], scaled.vocab_size))
+    fit_sparse_statistics(scaled, docs)
+    assert torch.allclose(scaled.token_prior, idf_prior(docs, scaled.vocab_size))
+    assert float(scaled.mean_text_length) == pytest.approx(2.0)

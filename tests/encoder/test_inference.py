@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -111,3 +112,59 @@ def test_none_is_an_error_naming_its_index(models, tiny_tokenizer):
         score_pairs(reranker, tiny_tokenizer, [("q", "d"), (3, "d")])
     with pytest.raises(TypeError, match=r"texts: expected a sequence of strings, got one string"):
         encode(trm, tiny_tokenizer, "one string")
+
+
+def test_collection_statistics_make_a_bm25_shaped_head_score_bm25_of_the_searched_corpus(tiny_tokenizer):
+    # a head whose learned factor is 1 everywhere (W 0, bias 1), with an idf prior from other documents and
+    # BM25's tf/length scaling: inside collection_statistics its sparse scores are BM25 over the searched corpus
+    # (its idf, its mean length; the query's tokens scaled alike) over one constant, the corpus's mean idf
+    from data_prep.beir import BeirData
+    from encoder.evaluate import encode_set, sparse_scores
+    from encoder.heads import idf_prior
+
+    special = set(tiny_tokenizer.all_special_ids)
+    config = ModelConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, num_layers=1, num_heads=2,
+                         intermediate_size=64, hidden_dropout=0.0, max_position_embeddings=512, sparse_tf_k1=1.2)
+    model = TextRepresentationModel(config, tuple(sorted(special))).eval()
+    texts = ["open the file menu and save the file", "the printer settings", "save the document as pdf",
+             "settings of the file manager window", "print a test page", "a page about nothing in particular"]
+
+    def ids(text):
+        return [t for t in tiny_tokenizer(text, add_special_tokens=False)["input_ids"] if t not in special]
+
+    with torch.no_grad():
+        model.head.sparse_linear.weight.zero_()
+        model.head.token_prior.copy_(idf_prior([ids("unrelated training text about mail"), ids("the the the")],
+                                               config.vocab_size))
+        model.head.mean_text_length.fill_(40.0)
+    trained = model.head.token_prior.clone(), model.head.mean_text_length.clone()
+    data = BeirData(corpus={f"d{i}": {"title": "", "text": t} for i, t in enumerate(texts)},
+                    queries={"q0": {"text": "save the file"}, "q1": {"text": "printer page settings"}})
+    with torch.no_grad():
+        encoded = encode_set(model, tiny_tokenizer, data, ["q0", "q1"])
+        got = sparse_scores(encoded.queries.sparse, encoded.docs.sparse).double()
+        as_trained = encode_set(model, tiny_tokenizer, data, ["q0", "q1"], sparse_statistics="model")
+        trained_scores = sparse_scores(as_trained.queries.sparse, as_trained.docs.sparse).double()
+    assert torch.equal(model.head.token_prior, trained[0])  # the trained values are back after the block
+    assert torch.equal(model.head.mean_text_length, trained[1])
+
+    docs = [ids(t) for t in texts]
+    n, avg = len(docs), sum(map(len, docs)) / len(docs)
+    expected = torch.zeros(2, n, dtype=torch.float64)
+
+    def saturated(tf, length):
+        return tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * length / avg))
+
+    for qi, query in enumerate(("save the file", "printer page settings")):
+        q = ids(query)
+        for di, doc in enumerate(docs):
+            for t in set(q):
+                tf, df = doc.count(t), sum(t in d for d in docs)
+                if tf:
+                    idf = math.log1p((n - df + 0.5) / (df + 0.5))
+                    expected[qi, di] += idf * saturated(q.count(t), len(q)) * saturated(tf, len(doc))
+    assert (expected > 0).sum() >= 6  # the case is not trivial
+    assert torch.equal(got > 0, expected > 0)
+    ratio = got[expected > 0] / expected[expected > 0]
+    assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-4)
+    assert not torch.allclose(got, trained_scores)  # the training documents' statistics score differently

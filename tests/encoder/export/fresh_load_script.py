@@ -101,6 +101,10 @@ with torch.no_grad():
         results["trm_sparse_logits"] = token_model(**enc).logits
         results["trm_sparse_embedding"] = token_model.sparse_embedding(enc["input_ids"], enc["attention_mask"])
     results["trm_buffers"] = buffers(token_model)
+    # the collection's own statistics (here: the texts themselves), as the evaluation scores
+    collection = tok(texts, add_special_tokens=False)["input_ids"]
+    token_model.fit_sparse_statistics(collection)
+    results["trm_sparse_embedding_fitted"] = token_model.sparse_embedding(enc["input_ids"], enc["attention_mask"])
     with stage("trm SentenceTransformer"):
         st = SentenceTransformer(str(trm), trust_remote_code=True, device="cpu")
         results["st_dense"] = st.encode(texts, convert_to_tensor=True)
@@ -119,6 +123,8 @@ with torch.no_grad():
         results["st_sparse"] = sparse.encode(texts, convert_to_tensor=True).to_dense()
     results["st_sparse_dirty"] = attempt(lambda: sparse.encode(dirty, convert_to_tensor=True).to_dense())
     results["st_sparse_cleaned"] = sparse.encode(cleaned, convert_to_tensor=True).to_dense()
+    next(m for m in sparse if hasattr(m, "fit_sparse_statistics")).fit_sparse_statistics(collection)
+    results["st_sparse_fitted"] = sparse.encode(texts, convert_to_tensor=True).to_dense()
 
     rr = root / "reranker"
     with stage("reranker AutoTokenizer"):

@@ -246,3 +246,26 @@ def test_a_derived_buffer_without_a_rebuild_rule_is_an_error():
         rebuild_derived_buffers(module)
     module.register_buffer("lookup", torch.zeros(3))  # a persistent buffer is loaded from the checkpoint: fine
     rebuild_derived_buffers(module)
+
+
+def test_exports_score_with_the_statistics_of_a_collection_like_our_model(exported):
+    """`fit_sparse_statistics` on both sparse exports (the collection: the texts themselves) gives what our head
+    gives after `heads.fit_sparse_statistics` on the same token ids: a new idf prior and mean length."""
+    import copy
+
+    from encoder.heads import fit_sparse_statistics
+
+    models, out, _, _ = exported
+    model = copy.deepcopy(models["trm"])
+    tokenizer = build_tokenizer()
+    fit_sparse_statistics(model.head, tokenizer(TEXTS, add_special_tokens=False)["input_ids"])
+    assert not torch.equal(model.head.token_prior, models["trm"].head.token_prior)  # the fit changed something
+    batch, _, _ = _ours(model.encoder, out["input_ids"], out["attention_mask"])
+    ours = model(batch).sparse
+    expected = torch.zeros(len(TEXTS), model.config.vocab_size)
+    expected[ours.sequence_index, ours.token_ids] = ours.weights
+    assert _max_diff(out["st_sparse_fitted"], expected) < TOL
+    assert _max_diff(out["st_sparse"], expected) > 1e-3  # and it differs from the unfitted export
+    loaded = out["trm_sparse_embedding_fitted"]
+    assert [sorted(d) for d in loaded] == [sorted(d) for d in ours.to_dicts()]
+    assert max(abs(w - ref[t]) for d, ref in zip(loaded, ours.to_dicts()) for t, w in d.items()) < TOL
