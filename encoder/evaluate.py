@@ -17,8 +17,9 @@ beats one paired standard error over the dev queries (`search_beta`), so a reran
 not used; the verdict calls a reranker better only when its nDCG@10 beats the first stage's by RERANK_MARGIN.
 
 Sparse statistics: a head trained with an idf prior (and BM25's length normalisation) scores with the idf and
-mean document length of the corpus searched, re-estimated at encoding time as BM25 computes its own from the
-index (--sparse-statistics model keeps the training documents' values).
+mean document length of its training documents; --sparse-statistics collection re-estimates both on the corpus
+searched, as BM25 computes its own from the index (on the demo's held-out sets of 60-95 documents the training
+values scored a little better: docs/small_preset.md).
 
 Collapse diagnostics per model: the mean pairwise cosine of the document embeddings (near 1: every document
 looks alike) and the mean over queries of the rank correlation between a document's dense score and its
@@ -55,7 +56,7 @@ from .metrics import mean_metrics, per_query, random_metrics
 GAMMA_GRID = tuple(i / 10 for i in range(11))  # sparse share of the z-normalised hybrid
 COLLAPSED_COSINE = 0.9  # mean pairwise document cosine at or above this: the embeddings have collapsed
 LENGTH_BIAS_RHO = 0.5  # |rank correlation of score with length| at or above this: the score tracks length
-SPARSE_STATISTICS = ("collection", "model")  # where the sparse head's idf prior and mean length come from
+SPARSE_STATISTICS = ("model", "collection")  # where the sparse head's idf prior and mean length come from
 Run = dict[str, list[str]]
 
 
@@ -73,11 +74,11 @@ def doc_text(doc: dict[str, str]) -> str:
 
 def encode_set(model: TextRepresentationModel, tokenizer, data: BeirData, query_ids: Sequence[str],
                max_length: int | None = None, docs: Encoded | None = None,
-               sparse_statistics: str = "collection") -> EncodedSet:
+               sparse_statistics: str = "model") -> EncodedSet:
     """The queries `query_ids` and the whole corpus (or `docs`, the corpus already encoded by an earlier call,
-    with the same statistics). `sparse_statistics`: "collection" scores the sparse side with the idf prior and
-    mean length of this corpus (`inference.collection_statistics`, as BM25 does), "model" with the training
-    documents' values stored in the head."""
+    with the same statistics). `sparse_statistics`: "model" scores the sparse side with the idf prior and mean
+    length the head learnt with (its training documents'), "collection" with those of this corpus
+    (`inference.collection_statistics`, as BM25 does)."""
     if sparse_statistics not in SPARSE_STATISTICS:
         raise ValueError(f"sparse_statistics: expected one of {SPARSE_STATISTICS}, got {sparse_statistics!r}")
     doc_ids = list(data.corpus)
@@ -315,7 +316,7 @@ def search_gamma(encoded: EncodedSet, qrels: dict, grid: Sequence[float] = GAMMA
 # ---- the whole evaluation ------------------------------------------------------------------------------
 def evaluate_trm(model: TextRepresentationModel, tokenizer, data: BeirData, split: str = "test",
                  dev_split: str = "dev", gamma: float = 0.5, max_length: int | None = None,
-                 dims: Sequence[int] = (), sparse_statistics: str = "collection") -> dict[str, Any]:
+                 dims: Sequence[int] = (), sparse_statistics: str = "model") -> dict[str, Any]:
     """Dense / sparse / hybrid runs and metrics of one TRM on `split`; γ tuned on `dev_split` if present."""
     qrels = data.qrels[split]
     query_ids = sorted(qrels)
@@ -377,7 +378,7 @@ def run_evaluation(data: BeirData, tokenizer, trm: TextRepresentationModel | Non
                    split: str = "test", rerank_top_k: int = 100, gamma: float = 0.5, max_length: int | None = None,
                    dims: Sequence[int] = (), bm25: bool = True, out_dir: Path | None = None,
                    progress: Callable[[str], None] = print, rerank_queries: int = 0,
-                   rerank_max_length: int | None = None, sparse_statistics: str = "collection") -> dict[str, Any]:
+                   rerank_max_length: int | None = None, sparse_statistics: str = "model") -> dict[str, Any]:
     """Every system on one split; writes results.json / results.md / matryoshka.png when `out_dir` is given.
 
     `rerank_queries` > 0 reranks a fixed random sample of that many test queries (a cross-encoder costs top-k
@@ -518,9 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--untrained-baseline", action="store_true",
                         help="also score a randomly initialised TRM of the same shape (seed 0)")
     parser.add_argument("--no-bm25", action="store_true", help="skip the BM25 baseline")
-    parser.add_argument("--sparse-statistics", choices=SPARSE_STATISTICS, default="collection",
-                        help="the sparse head's idf prior and mean length: re-estimated on the corpus searched, as "
-                             "BM25 does (collection, default), or the training documents' values (model)")
+    parser.add_argument("--sparse-statistics", choices=SPARSE_STATISTICS, default="model",
+                        help="the sparse head's idf prior and mean length: the training documents' values (model, "
+                             "default) or re-estimated on the corpus searched, as BM25 does (collection)")
     parser.add_argument("--out", default="runs/eval", help="output directory (results.json, results.md, png)")
     parser.add_argument("--device", default="cpu")
     return parser

@@ -68,7 +68,8 @@ class LongEncSparsePooling(Module):
 
     def fit_sparse_statistics(self, documents: list[list[int]]) -> None:
         """Score with the idf prior and mean length of `documents` (the collection you search, as token ids
-        without special tokens) instead of the training documents' values, as the evaluation does."""
+        without special tokens) instead of the training documents' values, like `encoder.evaluate
+        --sparse-statistics collection`."""
         fit_sparse_statistics(self.head, documents)
 
     def get_embedding_dimension(self) -> int:

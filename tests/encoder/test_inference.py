@@ -141,9 +141,9 @@ def test_collection_statistics_make_a_bm25_shaped_head_score_bm25_of_the_searche
     data = BeirData(corpus={f"d{i}": {"title": "", "text": t} for i, t in enumerate(texts)},
                     queries={"q0": {"text": "save the file"}, "q1": {"text": "printer page settings"}})
     with torch.no_grad():
-        encoded = encode_set(model, tiny_tokenizer, data, ["q0", "q1"])
+        encoded = encode_set(model, tiny_tokenizer, data, ["q0", "q1"], sparse_statistics="collection")
         got = sparse_scores(encoded.queries.sparse, encoded.docs.sparse).double()
-        as_trained = encode_set(model, tiny_tokenizer, data, ["q0", "q1"], sparse_statistics="model")
+        as_trained = encode_set(model, tiny_tokenizer, data, ["q0", "q1"])  # the default: the trained values
         trained_scores = sparse_scores(as_trained.queries.sparse, as_trained.docs.sparse).double()
     assert torch.equal(model.head.token_prior, trained[0])  # the trained values are back after the block
     assert torch.equal(model.head.mean_text_length, trained[1])
