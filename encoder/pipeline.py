@@ -392,12 +392,14 @@ class Pipeline:
                 lengths = tuple(self.config.long_pair_lengths)
                 per_length = min(self.config.long_pairs_per_length,
                                  len(pair_needle_candidates(units)) // 2 // len(lengths))
-                if per_length < self.config.long_pairs_per_length:
-                    self.log(f"[pipeline] trm_ft: {per_length} long pairs per length (the data has too few train "
-                             f"units for {self.config.long_pairs_per_length})")
-                records += long_training_pairs(units, load_tokenizer(self.out("tokenizer", "dir")), lengths=lengths,
-                                               docs_per_length=per_length, seed=self.config.data.seed,
-                                               query_mode=self.config.long_pair_query_mode)
+                long_pairs = long_training_pairs(units, load_tokenizer(self.out("tokenizer", "dir")), lengths=lengths,
+                                                 docs_per_length=per_length, seed=self.config.data.seed,
+                                                 query_mode=self.config.long_pair_query_mode)
+                if len(long_pairs) < self.config.long_pairs_per_length * len(lengths):
+                    # fewer train units than asked for, or needles too long for their document (skipped)
+                    self.log(f"[pipeline] trm_ft: {len(long_pairs)} long pairs over {len(lengths)} lengths (asked "
+                             f"for {self.config.long_pairs_per_length} per length; {per_length} the units allow)")
+                records += long_pairs
             write_pairs(records, path)
         return str(path)
 
