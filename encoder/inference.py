@@ -139,8 +139,7 @@ def collection_statistics(model: TextRepresentationModel, tokenizer, documents: 
     come back after it."""
     head = model.head
     saved = head.token_prior.clone(), head.mean_text_length.clone()
-    encodings = tokenizer.backend_tokenizer.encode_batch(checked_texts(documents, "documents"),
-                                                         add_special_tokens=False)
+    encodings = _backend(tokenizer).encode_batch(checked_texts(documents, "documents"), add_special_tokens=False)
     fit_sparse_statistics(head, [e.ids for e in encodings])
     try:
         yield
