@@ -232,16 +232,25 @@ def idf_prior(documents: list[list[int]], vocab_size: int) -> Tensor:
     return (idf / mean).sqrt().float()
 
 
-def fit_sparse_statistics(head: TRMHead, documents: list[list[int]]) -> None:
-    """Re-estimate the head's corpus statistics on `documents` (token ids without special tokens): the idf prior
-    when the head has one (it was trained with `train.sparse_prior=idf`; a head without a prior keeps none) and,
-    with BM25's length normalisation (tf_k1 > 0), the mean text length. What BM25 computes over the collection
-    it searches, the head otherwise knows only from its training documents."""
+def fit_sparse_statistics(head: TRMHead, documents: list[list[int]], prior: bool | None = None,
+                          length: bool | None = None) -> None:
+    """Estimate the head's corpus statistics on `documents` (token ids without special tokens): the idf prior
+    (`prior`) and the mean text length of BM25's length normalisation (`length`). By default, those the head
+    uses: the prior when it has one (it was trained with `train.sparse_prior=idf`; a head without a prior keeps
+    none) and the mean length with tf_k1 > 0. Training sets them from its documents; at search time they can be
+    re-estimated on the collection searched, as BM25 computes its idf over its index."""
+    prior = has_sparse_prior(head) if prior is None else prior
+    length = head.tf_k1 > 0 if length is None else length
     with torch.no_grad():
-        if not bool(torch.all(head.token_prior == 1)):
+        if prior:
             head.token_prior.copy_(idf_prior(documents, head.vocab_size).to(head.token_prior.device))
-        if head.tf_k1 > 0:
+        if length:
             head.mean_text_length.fill_(sum(map(len, documents)) / max(len(documents), 1))
+
+
+def has_sparse_prior(head: TRMHead) -> bool:
+    """Whether the head weighs tokens by a prior (an all-ones `token_prior` is none)."""
+    return not bool(torch.all(head.token_prior == 1))
 
 
 def dense_scores(queries: Tensor, docs: Tensor) -> Tensor:

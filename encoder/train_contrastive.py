@@ -38,7 +38,7 @@ from .batch import UnpaddedBatch
 from .config import config_field
 from .distributed import all_gather_variable, barrier, seed_everything
 from .grad_cache import grad_cache_step, plan_chunks
-from .heads import TextRepresentationModel, TRMOutput, idf_prior
+from .heads import TextRepresentationModel, TRMOutput, fit_sparse_statistics, has_sparse_prior
 from .loop import StepOutput, run_loop, step_output, trainer_cli, training_session
 from .losses import LossConfig, LossOutput, build_output_losses, concat_trm, global_pair_loss, select_rows
 from .pair_batching import PairBatch, PairBatches, PairDataConfig, interleave, load_records, long_pair_batches
@@ -148,20 +148,17 @@ def set_sparse_prior(model: TextRepresentationModel, prior: str, records: list[P
     length normalisation (model.sparse_tf_k1 > 0), their mean length, unless known. A resumed run recomputes the
     same values and its checkpoint's copy replaces them anyway."""
     head = model.head
-    need_prior = prior != "none" and bool(torch.all(head.token_prior == 1))
+    need_prior = prior != "none" and not has_sparse_prior(head)
     need_length = head.tf_k1 > 0 and float(head.mean_text_length) == 0
     if not (need_prior or need_length):
         return
     texts = sorted({r.positive for r in records} | {n for r in records for n in r.negatives})
     ids = [e.ids for e in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
-    with torch.no_grad():
-        if need_prior:
-            head.token_prior.copy_(idf_prior(ids, head.vocab_size).to(head.token_prior.device))
-            print(f"sparse prior: idf over {len(texts)} training documents")
-        if need_length:
-            head.mean_text_length.fill_(sum(map(len, ids)) / max(len(ids), 1))
-            print(f"sparse length normalisation: mean training document length {float(head.mean_text_length):.1f}"
-                  " tokens")
+    fit_sparse_statistics(head, ids, prior=need_prior, length=need_length)
+    if need_prior:
+        print(f"sparse prior: idf over {len(texts)} training documents")
+    if need_length:
+        print(f"sparse length normalisation: mean training document length {float(head.mean_text_length):.1f} tokens")
 
 
 def train(config: TRMRunConfig, resume: str = "none", stop_after: int | None = None) -> dict:
