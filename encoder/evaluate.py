@@ -79,17 +79,21 @@ def encode_set(model: TextRepresentationModel, tokenizer, data: BeirData, query_
     with the same statistics). `sparse_statistics`: "model" scores the sparse side with the idf prior and mean
     length the head learnt with (its training documents'), "collection" with those of this corpus
     (`inference.collection_statistics`, as BM25 does)."""
-    if sparse_statistics not in SPARSE_STATISTICS:
-        raise ValueError(f"sparse_statistics: expected one of {SPARSE_STATISTICS}, got {sparse_statistics!r}")
     doc_ids = list(data.corpus)
     texts = [doc_text(data.corpus[d]) for d in doc_ids]
-    scope = collection_statistics(model, tokenizer, texts) if sparse_statistics == "collection" else nullcontext()
-    with scope:
+    with sparse_statistics_scope(model, tokenizer, texts, sparse_statistics):
         queries = encode(model, tokenizer, [data.queries[q]["text"] for q in query_ids], sparse=True,
                          sparse_format="ids", max_length=max_length)
         if docs is None:
             docs = encode(model, tokenizer, texts, sparse=True, sparse_format="ids", max_length=max_length)
     return EncodedSet(list(query_ids), doc_ids, queries, docs)
+
+
+def sparse_statistics_scope(model: TextRepresentationModel, tokenizer, texts: list[str], sparse_statistics: str):
+    """A context in which the sparse head holds the statistics `sparse_statistics` names for the corpus `texts`."""
+    if sparse_statistics not in SPARSE_STATISTICS:
+        raise ValueError(f"sparse_statistics: expected one of {SPARSE_STATISTICS}, got {sparse_statistics!r}")
+    return collection_statistics(model, tokenizer, texts) if sparse_statistics == "collection" else nullcontext()
 
 
 # ---- scoring and ranking ---------------------------------------------------------------------------------
@@ -320,11 +324,13 @@ def evaluate_trm(model: TextRepresentationModel, tokenizer, data: BeirData, spli
     """Dense / sparse / hybrid runs and metrics of one TRM on `split`; γ tuned on `dev_split` if present."""
     qrels = data.qrels[split]
     query_ids = sorted(qrels)
-    tuned_on, dev_runs = None, {}
-    encoded = encode_set(model, tokenizer, data, query_ids, max_length, sparse_statistics=sparse_statistics)
-    if dev_split in data.qrels and dev_split != split:
-        dev = encode_set(model, tokenizer, data, sorted(data.qrels[dev_split]), max_length, docs=encoded.docs,
-                         sparse_statistics=sparse_statistics)
+    tuned_on, dev_runs, dev = None, {}, None
+    # one fit of the statistics for both splits: inside the scope the head holds the ones asked for
+    with sparse_statistics_scope(model, tokenizer, [doc_text(doc) for doc in data.corpus.values()], sparse_statistics):
+        encoded = encode_set(model, tokenizer, data, query_ids, max_length)
+        if dev_split in data.qrels and dev_split != split:
+            dev = encode_set(model, tokenizer, data, sorted(data.qrels[dev_split]), max_length, docs=encoded.docs)
+    if dev is not None:
         gamma, curve = search_gamma(dev, data.qrels[dev_split])
         tuned_on = {"split": dev_split, "ndcg@10_by_gamma": curve}
         dev_runs["hybrid"] = rank(hybrid_matrix(dev, gamma), dev.query_ids, dev.doc_ids)  # what a reranker tunes on

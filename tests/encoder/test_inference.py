@@ -119,7 +119,7 @@ def test_collection_statistics_make_a_bm25_shaped_head_score_bm25_of_the_searche
     # BM25's tf/length scaling: inside collection_statistics its sparse scores are BM25 over the searched corpus
     # (its idf, its mean length; the query's tokens scaled alike) over one constant, the corpus's mean idf
     from data_prep.beir import BeirData
-    from encoder.evaluate import encode_set, sparse_scores
+    from encoder.evaluate import SPARSE_STATISTICS, encode_set, sparse_scores
     from encoder.heads import idf_prior
 
     special = set(tiny_tokenizer.all_special_ids)
@@ -168,3 +168,18 @@ def test_collection_statistics_make_a_bm25_shaped_head_score_bm25_of_the_searche
     ratio = got[expected > 0] / expected[expected > 0]
     assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-4)
     assert not torch.allclose(got, trained_scores)  # the training documents' statistics score differently
+
+    # the whole evaluation (test and dev splits under one fit) ranks by the collection-fitted scores; with this
+    # query the trained statistics rank the corpus differently (d3 before d5)
+    from encoder.evaluate import evaluate_trm, rank
+    query = {"q": {"text": "page about the file"}}
+    split = BeirData(corpus=data.corpus, queries=query, qrels={s: {"q": {"d0": 1}} for s in ("test", "dev")})
+    with torch.no_grad():
+        result = evaluate_trm(model, tiny_tokenizer, split, sparse_statistics="collection")
+        runs = {}
+        for statistics in SPARSE_STATISTICS:
+            alone = encode_set(model, tiny_tokenizer, split, ["q"], sparse_statistics=statistics)
+            runs[statistics] = rank(sparse_scores(alone.queries.sparse, alone.docs.sparse), ["q"], alone.doc_ids)
+    assert runs["collection"] != runs["model"]
+    assert result["runs"]["sparse"] == runs["collection"]
+    assert torch.equal(model.head.token_prior, trained[0])
