@@ -59,6 +59,10 @@ class ModelConfig:
     # names its topic ten times, nor that a long page matches everything once (measured: docs/small_preset.md)
     sparse_tf_k1: float = 0.0
     sparse_length_b: float = 0.75
+    # the sparse head's learned factor at init: "random" (a small random projection plus 1: each token starts at
+    # its prior times 1 +- a few tenths) or "ones" (projection 0, bias 1: an untrained head is exactly the prior
+    # times BM25's tf shape, and fine-tuning moves a token's weight only where the pairs say so)
+    sparse_init: str = "random"
     # reranker input: token type 1 marks a query token whose id also occurs in the document and a document token
     # whose id occurs in the query (the query runs from the first token to the first `sep_token_id`). An exact-match
     # signal, as in DrQA's reader: a cross-encoder pre-trained briefly has no attention head that finds shared
@@ -104,6 +108,8 @@ class ModelConfig:
             raise ValueError(f"model.sparse_tf_k1: must be >= 0 (0 = max-pooled weights), got {self.sparse_tf_k1}")
         if not 0.0 <= self.sparse_length_b <= 1.0:
             raise ValueError(f"model.sparse_length_b: must be in [0, 1], got {self.sparse_length_b}")
+        if self.sparse_init not in ("random", "ones"):
+            raise ValueError(f"model.sparse_init: expected random or ones, got {self.sparse_init!r}")
         if self.pooling not in ("cls", "mean"):
             raise ValueError(f"model.pooling: expected cls or mean, got {self.pooling!r}")
         for name in ("rope_impl", "glu_impl"):

@@ -31,6 +31,8 @@ Writes results.json, results.md and matryoshka.png (nDCG@10 by dense width).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 import random
 import sys
@@ -318,18 +320,35 @@ def search_gamma(encoded: EncodedSet, qrels: dict, grid: Sequence[float] = GAMMA
 
 
 # ---- the whole evaluation ------------------------------------------------------------------------------
+def corpus_key(model: TextRepresentationModel, data: BeirData, max_length: int | None,
+               sparse_statistics: str) -> tuple:
+    """What a corpus's encoding depends on: the model, the length cap, the statistics and every (id, text)."""
+    digest = hashlib.sha256()
+    for doc_id, doc in data.corpus.items():
+        digest.update(json.dumps([doc_id, doc_text(doc)], ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    return id(model), max_length, sparse_statistics, digest.hexdigest()
+
+
 def evaluate_trm(model: TextRepresentationModel, tokenizer, data: BeirData, split: str = "test",
                  dev_split: str = "dev", gamma: float = 0.5, max_length: int | None = None,
-                 dims: Sequence[int] = (), sparse_statistics: str = "model") -> dict[str, Any]:
-    """Dense / sparse / hybrid runs and metrics of one TRM on `split`; γ tuned on `dev_split` if present."""
+                 dims: Sequence[int] = (), sparse_statistics: str = "model",
+                 doc_cache: dict | None = None) -> dict[str, Any]:
+    """Dense / sparse / hybrid runs and metrics of one TRM on `split`; γ tuned on `dev_split` if present.
+
+    `doc_cache` (a dict the caller keeps) holds corpus encodings across calls: sets that search the same corpus
+    (the cross-lingual sets of one target language, and its monolingual set) encode it once."""
     qrels = data.qrels[split]
     query_ids = sorted(qrels)
     tuned_on, dev_runs, dev = None, {}, None
+    key = corpus_key(model, data, max_length, sparse_statistics) if doc_cache is not None else None
+    docs = doc_cache.get(key) if doc_cache is not None else None
     # one fit of the statistics for both splits: inside the scope the head holds the ones asked for
     with sparse_statistics_scope(model, tokenizer, [doc_text(doc) for doc in data.corpus.values()], sparse_statistics):
-        encoded = encode_set(model, tokenizer, data, query_ids, max_length)
+        encoded = encode_set(model, tokenizer, data, query_ids, max_length, docs=docs)
         if dev_split in data.qrels and dev_split != split:
             dev = encode_set(model, tokenizer, data, sorted(data.qrels[dev_split]), max_length, docs=encoded.docs)
+    if doc_cache is not None:
+        doc_cache[key] = encoded.docs
     if dev is not None:
         gamma, curve = search_gamma(dev, data.qrels[dev_split])
         tuned_on = {"split": dev_split, "ndcg@10_by_gamma": curve}
@@ -384,13 +403,14 @@ def run_evaluation(data: BeirData, tokenizer, trm: TextRepresentationModel | Non
                    split: str = "test", rerank_top_k: int = 100, gamma: float = 0.5, max_length: int | None = None,
                    dims: Sequence[int] = (), bm25: bool = True, out_dir: Path | None = None,
                    progress: Callable[[str], None] = print, rerank_queries: int = 0,
-                   rerank_max_length: int | None = None, sparse_statistics: str = "model") -> dict[str, Any]:
+                   rerank_max_length: int | None = None, sparse_statistics: str = "model",
+                   doc_cache: dict | None = None) -> dict[str, Any]:
     """Every system on one split; writes results.json / results.md / matryoshka.png when `out_dir` is given.
 
     `rerank_queries` > 0 reranks a fixed random sample of that many test queries (a cross-encoder costs top-k
     forward passes per query); the reranked row and the verdict's first-stage figure are then both over that
     sample, so they compare like with like. `rerank_max_length` caps each query-document pair of the reranker
-    (default: `max_length`)."""
+    (default: `max_length`). `doc_cache`: see `evaluate_trm`."""
     qrels = data.qrels[split]
     query_ids = sorted(qrels)
     groups = query_groups(data, query_ids)
@@ -403,7 +423,7 @@ def run_evaluation(data: BeirData, tokenizer, trm: TextRepresentationModel | Non
             continue
         progress(f"encoding with the {label or 'trained'} TRM")
         result = evaluate_trm(model, tokenizer, data, split, gamma=gamma, max_length=max_length, dims=dims,
-                              sparse_statistics=sparse_statistics)
+                              sparse_statistics=sparse_statistics, doc_cache=doc_cache)
         prefix = f"{label} " if label else ""
         for name, metrics in result["metrics"].items():
             table[f"{prefix}{name}"] = metrics

@@ -129,9 +129,10 @@ class TRMHead(nn.Module):
         self.sparse_linear = nn.Linear(config.hidden_size, 1)
         # Every token starts with weight ~1 (the plain overlap count) rather than ReLU of a random projection:
         # with the default init half the tokens start at 0 and get no gradient, and on cross-lingual pairs the
-        # lexical InfoNCE then drives the rest below 0 within a few dozen steps (a dead head). A small random
-        # W keeps tokens distinguishable, so the head learns which ones deserve weight.
-        nn.init.normal_(self.sparse_linear.weight, std=config.initializer_range)
+        # lexical InfoNCE then drives the rest below 0 within a few dozen steps (a dead head). With
+        # model.sparse_init=ones W starts at 0 and the factor at exactly 1 (its gradient, a sum of hidden states,
+        # still tells tokens apart); "random" adds a small random W, about +-0.3 on the factor at width 256.
+        nn.init.normal_(self.sparse_linear.weight, std=config.initializer_range if config.sparse_init == "random" else 0.0)
         nn.init.ones_(self.sparse_linear.bias)
         self.vocab_size = config.vocab_size
         self.pooling = config.pooling

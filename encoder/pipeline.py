@@ -73,7 +73,7 @@ RUN_CONFIGS = {"mlm_stage1": train_mlm.MLMRunConfig, "mlm_stage2": train_mlm.MLM
                "trm_cpt": train_contrastive.TRMRunConfig, "trm_ft": train_contrastive.TRMRunConfig,
                "reranker": train_reranker.RerankerRunConfig}
 DONE = "STAGE_DONE.json"
-MLM_EVAL_TEXTS = 200  # documents per held-out set scored for masked-token accuracy (tens of thousands of masks)
+MLM_EVAL_TEXTS = 100  # documents per held-out set scored for masked-token accuracy (tens of thousands of masks)
 STARTED = "STAGE_KEY"  # written when a stage starts: the settings its directory's contents belong to
 
 
@@ -141,6 +141,9 @@ class PipelineConfig:
     heldout_rerank: str = "all"
     rerank_queries: int = 0  # > 0: rerank a fixed random sample of that many test (and dev) queries of each set
     rerank_max_length: int = 0  # tokens of each query-document pair the reranker reads in evaluation; 0 = the model's
+    # the sparse head's idf prior and mean length in evaluation: "model" (the training documents') or "collection"
+    # (each searched corpus's own, as BM25 computes its idf over its index; encoder.evaluate --sparse-statistics)
+    sparse_statistics: str = "model"
     longdoc: bool = True  # long-document needle evaluation (what 8192 tokens buy over 512)
     longdoc_overrides: list[str] = field(default_factory=list)
 
@@ -209,7 +212,8 @@ class Pipeline:
         settings = {"data": asdict(self.config.data), "tokenizer": asdict(self.config.tokenizer),
                     "shards": self.config.shard_max_length,
                     "evaluate": [self.config.rerank_top_k, self.config.heldout_rerank,
-                                 self.config.rerank_queries, self.config.rerank_max_length],
+                                 self.config.rerank_queries, self.config.rerank_max_length,
+                                 self.config.sparse_statistics],
                     "longdoc": self.config.longdoc_overrides,
                     "reranker": [asdict(self.config.reranker), self.config.reranker_init, self.config.reranker_pairs],
                     "trm_ft": [asdict(self.config.trm_ft), self.config.long_pair_lengths,
@@ -440,12 +444,14 @@ class Pipeline:
         torch.manual_seed(0)
         untrained = TextRepresentationModel(trm.config, tuple(info["special_token_ids"])).eval()
         data = read_beir(self.out("data", "beir"), splits=("test", "dev"), required=("test",))
+        statistics = self.config.sparse_statistics
         report = self._finished(directory) or run_evaluation(
             data, tokenizer, trm, reranker, untrained, split="test", rerank_top_k=self.config.rerank_top_k,
             dims=info.get("matryoshka_dims", []), rerank_max_length=self.config.rerank_max_length or None,
-            rerank_queries=self.config.rerank_queries, out_dir=directory,
+            rerank_queries=self.config.rerank_queries, out_dir=directory, sparse_statistics=statistics,
             progress=lambda m: self.log(f"[evaluate] {m}"))
         heldout, heldout_sets = {}, {}
+        doc_cache: dict = {}  # the held-out sets searching one corpus (mono-en and every cross set) encode it once
         for name, path in self.records["data"]["outputs"].get("heldout", {}).items():
             # a domain no training stage saw: γ tuned on its own dev split, no untrained/Matryoshka rows
             heldout_sets[name] = read_beir(path, splits=("test", "dev"), required=("test",))
@@ -455,8 +461,8 @@ class Pipeline:
                 run_evaluation(
                     heldout_sets[name], tokenizer, trm, reranker if reranks else None, split="test",
                     rerank_top_k=self.config.rerank_top_k, out_dir=out_dir, rerank_queries=self.config.rerank_queries,
-                    rerank_max_length=self.config.rerank_max_length or None,
-                    progress=lambda m, n=name: self.log(f"[evaluate {n}] {m}"))
+                    rerank_max_length=self.config.rerank_max_length or None, sparse_statistics=statistics,
+                    doc_cache=doc_cache, progress=lambda m, n=name: self.log(f"[evaluate {n}] {m}"))
             heldout[name] = str(out_dir / "results.json")
         mlm = self._mlm_accuracy(data, heldout_sets, directory / "mlm_accuracy.json")
         return {"results_json": str(directory / "results.json"), "results_md": str(directory / "results.md"),
@@ -555,6 +561,8 @@ def validate_stage_settings(config: PipelineConfig) -> None:
     is reported (naming the stage and the field) before the first stage runs."""
     require(config.heldout_rerank in ("all", "mono", "none"), "heldout_rerank", "expected all, mono or none",
             config.heldout_rerank)
+    require(config.sparse_statistics in ("model", "collection"), "sparse_statistics", "expected model or collection",
+            config.sparse_statistics)
     for name in ("rerank_queries", "rerank_max_length"):
         require(getattr(config, name) >= 0, name, "must be >= 0", getattr(config, name))
     require(bool(config.reranker_pairs) and set(config.reranker_pairs) <= {"ft", "cpt"}, "reranker_pairs",

@@ -283,3 +283,21 @@ def test_fit_sparse_statistics_refits_a_prior_and_mean_length_but_adds_no_prior_
     fit_sparse_statistics(scaled, docs)
     assert torch.allclose(scaled.token_prior, idf_prior(docs, scaled.vocab_size))
     assert float(scaled.mean_text_length) == pytest.approx(2.0)
+
+
+def test_sparse_init_ones_starts_the_head_at_its_prior_and_random_does_not():
+    docs = [[5, 6, 7], [5, 6], [5, 8], [5]]
+    batch = random_batch([9, 4], tiny_config().vocab_size, seed=3)
+    weights = {}
+    for init in ("ones", "random"):
+        torch.manual_seed(0)
+        model = TextRepresentationModel(tiny_config(sparse_init=init), special_token_ids=SPECIALS).eval()
+        with torch.no_grad():
+            model.head.token_prior.copy_(idf_prior(docs, model.config.vocab_size))
+            weights[init] = model(batch).sparse
+    prior = idf_prior(docs, tiny_config().vocab_size)
+    # max-pooled, so each (text, id) weight is the id's prior exactly: the learned factor is 1
+    assert torch.allclose(weights["ones"].weights, prior[weights["ones"].token_ids], rtol=1e-6)
+    assert not torch.allclose(weights["random"].weights, prior[weights["random"].token_ids], rtol=1e-3)
+    with pytest.raises(ValueError, match="model.sparse_init"):
+        tiny_config(sparse_init="zeros")

@@ -183,3 +183,30 @@ def test_collection_statistics_make_a_bm25_shaped_head_score_bm25_of_the_searche
     assert runs["collection"] != runs["model"]
     assert result["runs"]["sparse"] == runs["collection"]
     assert torch.equal(model.head.token_prior, trained[0])
+
+
+def test_evaluations_sharing_a_corpus_encode_it_once_with_a_doc_cache(models, tiny_tokenizer, monkeypatch):
+    import encoder.evaluate as evaluate
+    from data_prep.beir import BeirData
+
+    trm, _ = models
+    corpus = {f"d{i}": {"title": "", "text": t} for i, t in enumerate(
+        ["open the file menu", "printer settings", "save the document", "a page about nothing"])}
+    qrels = {"test": {"q0": {"d0": 1}, "q1": {"d1": 1}}}
+    first = BeirData(corpus=corpus, queries={"q0": {"text": "file menu"}, "q1": {"text": "printer"}}, qrels=qrels)
+    second = BeirData(corpus=corpus, queries={"q0": {"text": "Dateimenü"}, "q1": {"text": "Drucker"}}, qrels=qrels)
+    other = BeirData(corpus={**corpus, "d3": {"title": "", "text": "another text"}}, queries=first.queries,
+                     qrels=qrels)
+    calls = []
+    real_encode = evaluate.encode
+    monkeypatch.setattr(evaluate, "encode", lambda model, tok, texts, **kw: calls.append(len(texts)) or
+                        real_encode(model, tok, texts, **kw))
+    cache: dict = {}
+    with torch.no_grad():
+        results = [evaluate.evaluate_trm(trm, tiny_tokenizer, data, doc_cache=cache)
+                   for data in (first, second, other)]
+        uncached = evaluate.evaluate_trm(trm, tiny_tokenizer, second)
+    # queries + corpus; the same corpus again: queries only; a corpus that differs in one text: both again
+    assert calls == [2, 4, 2, 2, 4, 2, 4]
+    assert results[1]["runs"] == uncached["runs"]
+    assert len(cache) == 2
