@@ -43,7 +43,7 @@ from data_prep.files import (
 )
 from data_prep.shards import FORMAT, ShardReader
 from data_prep.text import NORMAL_FORMS, clean_text
-from data_prep.tokenizer import load_tokenizer, special_ids
+from data_prep.tokenizer import backend_tokenizer, load_tokenizer, special_ids
 
 log = logging.getLogger(__name__)
 __all__ = ["CorpusSource", "ShardConfig", "ShardReader", "build_shards", "clean_text", "chunk_ids"]
@@ -192,7 +192,7 @@ def _prepare_batch(batch: dict, text_field: str, tokenizer, config: ShardConfig)
         reasons.append(reason)
         digests.append(hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest() if text else "")
         texts.append(text)
-    encodings = tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+    encodings = backend_tokenizer(tokenizer).encode_batch_fast(texts, add_special_tokens=False)
     for text, encoding in zip(texts, encodings):
         ids.append(encoding.ids if text else [])
     return {"ids": ids, "skip": reasons, "digest": digests}

@@ -94,7 +94,9 @@ class Tokens:
     """Token counts and offsets with the run's (fast) tokenizer."""
 
     def __init__(self, tokenizer) -> None:
-        self.backend = tokenizer.backend_tokenizer
+        from data_prep.tokenizer import backend_tokenizer  # transformers loads with the first tokenizer
+
+        self.backend = backend_tokenizer(tokenizer)
         self.specials = self.backend.num_special_tokens_to_add(False)
         self._cache: dict[str, int] = {}
 

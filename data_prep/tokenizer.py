@@ -69,6 +69,15 @@ def pad_vocab_size(vocab_size: int, multiple: int = VOCAB_MULTIPLE) -> int:
     return -(-vocab_size // multiple) * multiple
 
 
+def backend_tokenizer(tokenizer: PreTrainedTokenizerBase) -> Tokenizer:
+    """The Rust `tokenizers.Tokenizer` behind a fast transformers tokenizer (batch encoding with offsets, without
+    the Python wrapper's per-call cost); a slow (Python) tokenizer has none, which is a clear error here."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise TypeError(f"tokenizer: {type(tokenizer).__name__} is not a fast (Rust-backed) tokenizer")
+    return backend
+
+
 def special_ids(tokenizer: PreTrainedTokenizerBase) -> SpecialIds:
     """Read the special ids of a loaded tokenizer and check they follow the XLM-R layout."""
     ids = SpecialIds(cls=tokenizer.cls_token_id, sep=tokenizer.sep_token_id, pad=tokenizer.pad_token_id,

@@ -48,7 +48,7 @@ from torch import Tensor
 from data_prep.beir import BeirData, read_beir
 from data_prep.embedded import dominant_script
 from data_prep.files import write_json
-from data_prep.tokenizer import load_tokenizer
+from data_prep.tokenizer import backend_tokenizer, load_tokenizer
 
 from .artifacts import load_final
 from .heads import Reranker, TextRepresentationModel, sparse_scores
@@ -168,7 +168,7 @@ def bm25_run(data: BeirData, tokenizer, query_ids: Sequence[str], depth: int = 1
     doc_ids = list(data.corpus)
 
     def pieces(texts: list[str]) -> list[list[str]]:
-        backend = tokenizer.backend_tokenizer
+        backend = backend_tokenizer(tokenizer)
         return [enc.tokens for enc in backend.encode_batch(texts, add_special_tokens=False)]
 
     retriever = bm25s.BM25()

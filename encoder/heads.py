@@ -132,7 +132,8 @@ class TRMHead(nn.Module):
         # lexical InfoNCE then drives the rest below 0 within a few dozen steps (a dead head). With
         # model.sparse_init=ones W starts at 0 and the factor at exactly 1 (its gradient, a sum of hidden states,
         # still tells tokens apart); "random" adds a small random W, about +-0.3 on the factor at width 256.
-        nn.init.normal_(self.sparse_linear.weight, std=config.initializer_range if config.sparse_init == "random" else 0.0)
+        std = config.initializer_range if config.sparse_init == "random" else 0.0
+        nn.init.normal_(self.sparse_linear.weight, std=std)
         nn.init.ones_(self.sparse_linear.bias)
         self.vocab_size = config.vocab_size
         self.pooling = config.pooling

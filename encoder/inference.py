@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from data_prep.batching import TokenBudgetBatchSampler, pack
+from data_prep.tokenizer import backend_tokenizer
 
 from .batch import UnpaddedBatch
 from .export.text_input import checked_text, checked_texts
@@ -35,13 +36,6 @@ class Encoded:
     num_truncated: int  # texts cut to the length budget
 
 
-def _backend(tokenizer):
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        raise TypeError(f"tokenizer: {type(tokenizer).__name__} is not a fast (Rust-backed) tokenizer")
-    return backend
-
-
 def _budget(model: torch.nn.Module, max_length: int | None) -> int:
     limit = model.config.max_position_embeddings
     return limit if max_length is None else min(max_length, limit)
@@ -54,7 +48,7 @@ def _warn_truncated(count: int, total: int, budget: int, what: str) -> None:
 
 def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int) -> tuple[list[list[int]], int]:
     """`<s> text </s>` ids cut to `max_length`, and how many texts were cut."""
-    backend = _backend(tokenizer)
+    backend = backend_tokenizer(tokenizer)
     room = max_length - backend.num_special_tokens_to_add(False)
     encodings = backend.encode_batch(checked_texts(texts, "texts"), add_special_tokens=False)
     truncated = 0
@@ -72,7 +66,7 @@ def tokenize_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int)
 
     The document is cut first; the query only when it would leave the document less than half the room.
     """
-    backend = _backend(tokenizer)
+    backend = backend_tokenizer(tokenizer)
     room = max_length - backend.num_special_tokens_to_add(True)
     query_texts, doc_texts = _checked_pairs(pairs)
     queries = backend.encode_batch(query_texts, add_special_tokens=False)
@@ -139,7 +133,8 @@ def collection_statistics(model: TextRepresentationModel, tokenizer, documents: 
     come back after it."""
     head = model.head
     saved = head.token_prior.clone(), head.mean_text_length.clone()
-    encodings = _backend(tokenizer).encode_batch(checked_texts(documents, "documents"), add_special_tokens=False)
+    texts = checked_texts(documents, "documents")
+    encodings = backend_tokenizer(tokenizer).encode_batch(texts, add_special_tokens=False)
     fit_sparse_statistics(head, [e.ids for e in encodings])
     try:
         yield

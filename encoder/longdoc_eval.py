@@ -27,6 +27,7 @@ from torch import Tensor
 
 from data_prep.beir import BeirData
 from data_prep.longdoc import LongDocSet, read_longdoc_set
+from data_prep.tokenizer import backend_tokenizer
 
 from .artifacts import load_final
 from .batch import UnpaddedBatch
@@ -61,7 +62,7 @@ QUERY_WORDS = {"same": "the query is the needle's own text",
 def chunk_corpus(data: BeirData, tokenizer, chunk_tokens: int = SHORT_CONTEXT) -> tuple[BeirData, list[str]]:
     """Each document cut at token boundaries into texts of at most `chunk_tokens` tokens (specials included);
     returns the chunk set (same queries) and the document id of every chunk."""
-    backend = tokenizer.backend_tokenizer
+    backend = backend_tokenizer(tokenizer)
     room = chunk_tokens - backend.num_special_tokens_to_add(False)
     corpus, owners = {}, []
     for doc_id, doc in data.corpus.items():

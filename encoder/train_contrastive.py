@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from data_prep.pairs import PairRecord
-from data_prep.tokenizer import load_tokenizer, special_ids
+from data_prep.tokenizer import backend_tokenizer, load_tokenizer, special_ids
 
 from .artifacts import inference_model_config, load_encoder_weights, save_final
 from .batch import UnpaddedBatch
@@ -153,7 +153,7 @@ def set_sparse_prior(model: TextRepresentationModel, prior: str, records: list[P
     if not (need_prior or need_length):
         return
     texts = sorted({r.positive for r in records} | {n for r in records for n in r.negatives})
-    ids = [e.ids for e in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
+    ids = [e.ids for e in backend_tokenizer(tokenizer).encode_batch(texts, add_special_tokens=False)]
     fit_sparse_statistics(head, ids, prior=need_prior, length=need_length)
     if need_prior:
         print(f"sparse prior: idf over {len(texts)} training documents")

@@ -2,10 +2,18 @@ from __future__ import annotations
 
 import unicodedata
 
+import pytest
 import sentencepiece as spm
 from prep_helpers import django_texts
 
-from data_prep.tokenizer import SPM_FILENAME, load_tokenizer, pad_vocab_size, special_ids, spm_to_model_ids
+from data_prep.tokenizer import (
+    SPM_FILENAME,
+    backend_tokenizer,
+    load_tokenizer,
+    pad_vocab_size,
+    special_ids,
+    spm_to_model_ids,
+)
 
 TRICKY = [
     "  leading and trailing  ", "tabs\tand\nnewlines", "emoji 🤖🦜 and rare ǅ ﬁ ① ｶﾀｶﾅ", "Ελληνικά עברית ไทย",
@@ -64,3 +72,16 @@ def test_xlmr_layout_and_templates(tokenizer_dir):
 def test_pad_vocab_size_matches_xlmr():
     assert pad_vocab_size(250_002) == 250_048
     assert pad_vocab_size(64) == 64 and pad_vocab_size(65) == 128
+
+
+def test_backend_tokenizer_is_the_fast_tokenizers_own_and_a_slow_one_is_a_clear_error(tokenizer_dir):
+    tok = load_tokenizer(tokenizer_dir)
+    text = "Änderungen speichern 保存更改"
+    assert backend_tokenizer(tok).encode(text, add_special_tokens=False).ids == tok(text, add_special_tokens=False)[
+        "input_ids"]
+
+    class Slow:  # a tokenizer without a Rust backend (transformers' Python tokenizers)
+        pass
+
+    with pytest.raises(TypeError, match="Slow is not a fast"):
+        backend_tokenizer(Slow())
