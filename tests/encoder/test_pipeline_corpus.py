@@ -219,10 +219,11 @@ def test_heldout_longdoc_needle_outside_the_corpus_names_the_line(corpus_pipelin
 @pytest.mark.parametrize("mode", ["all", "mono", "none"])
 def test_heldout_rerank_chooses_the_sets_the_reranker_reorders(corpus_pipeline, tmp_path, monkeypatch, mode):
     data_outputs = corpus_pipeline.run(only=("data",))["data"]["outputs"]
-    rerankers = {}
+    rerankers, passed = {}, {}
 
     def fake_run_evaluation(data, tokenizer, trm, reranker=None, *args, out_dir=None, **kwargs):
         rerankers[str(out_dir)] = reranker
+        passed[Path(out_dir).name] = kwargs.get("sparse_statistics"), kwargs.get("doc_cache")
         return {"gamma": 0.5}
 
     class Final(str):
@@ -235,8 +236,13 @@ def test_heldout_rerank_chooses_the_sets_the_reranker_reorders(corpus_pipeline, 
     for stage in ("tokenizer", "trm_ft", "reranker"):
         corpus_pipeline.records[stage] = {"outputs": {"dir": "tok", "final": f"{stage}-final"}}
     corpus_pipeline.config.heldout_rerank = mode
+    corpus_pipeline.config.sparse_statistics = "collection"
     (tmp_path / "evaluate").mkdir()
     corpus_pipeline.stage_evaluate(tmp_path / "evaluate")
+    # every set is scored with the configured statistics; the held-out sets share one corpus-encoding cache
+    assert {statistics for statistics, _ in passed.values()} == {"collection"}
+    caches = [cache for name, (_, cache) in passed.items() if name != "evaluate"]
+    assert len(caches) >= 2 and all(cache is caches[0] for cache in caches) and isinstance(caches[0], dict)
     reranked = {Path(d).name for d, r in rerankers.items() if r == "reranker-final"}
     names = {n.replace("/", "__") for n in data_outputs["heldout"]}
     expected = {"all": names, "mono": {n for n in names if "__mono-" in n}, "none": set()}[mode]
@@ -246,6 +252,7 @@ def test_heldout_rerank_chooses_the_sets_the_reranker_reorders(corpus_pipeline, 
 def test_pipeline_settings_are_checked_before_any_stage(tmp_path):
     for bad, match in ((["heldout_rerank=some"], "heldout_rerank: expected all, mono or none"),
                        (["reranker_init=bert"], "reranker_init: expected mlm or trm"),
+                       (["sparse_statistics=corpus"], "sparse_statistics: expected model or collection"),
                        (["rerank_queries=-1"], "rerank_queries: must be >= 0"),
                        (["rerank_max_length=-2"], "rerank_max_length: must be >= 0"),
                        (["model_overrides=[train.max_steps=3]"], "model_overrides: 'train.max_steps=3' is not"),
