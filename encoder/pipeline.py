@@ -73,7 +73,7 @@ RUN_CONFIGS = {"mlm_stage1": train_mlm.MLMRunConfig, "mlm_stage2": train_mlm.MLM
                "trm_cpt": train_contrastive.TRMRunConfig, "trm_ft": train_contrastive.TRMRunConfig,
                "reranker": train_reranker.RerankerRunConfig}
 DONE = "STAGE_DONE.json"
-MLM_EVAL_TEXTS = 100  # documents per held-out set scored for masked-token accuracy (tens of thousands of masks)
+MLM_EVAL_TEXTS = 100  # documents per held-out set scored for masked-token accuracy (thousands of masks each)
 STARTED = "STAGE_KEY"  # written when a stage starts: the settings its directory's contents belong to
 
 
