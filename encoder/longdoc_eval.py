@@ -32,7 +32,16 @@ from data_prep.tokenizer import backend_tokenizer
 from .artifacts import load_final
 from .batch import UnpaddedBatch
 from .config import ModelConfig, load_config
-from .evaluate import bm25_run, doc_text, encode_set, hybrid_matrix, rank, rerank_run, score_matrix
+from .evaluate import (
+    SPARSE_STATISTICS,
+    bm25_run,
+    doc_text,
+    encode_set,
+    hybrid_matrix,
+    rank,
+    rerank_run,
+    score_matrix,
+)
 from .heads import Reranker, TextRepresentationModel
 from .metrics import per_query
 
@@ -83,18 +92,22 @@ def max_over_chunks(scores: Tensor, owners: Sequence[str], doc_ids: Sequence[str
     return out.scatter_reduce(1, index, scores, reduce="amax")
 
 
-def trm_runs(model: TextRepresentationModel, tokenizer, data: BeirData, gamma: float) -> dict[str, dict]:
-    """`<mode> <output>` -> run, for the three modes and dense / sparse / hybrid."""
+def trm_runs(model: TextRepresentationModel, tokenizer, data: BeirData, gamma: float,
+             sparse_statistics: str = "model") -> dict[str, dict]:
+    """`<mode> <output>` -> run, for the three modes and dense / sparse / hybrid. `sparse_statistics` as in
+    `evaluate.encode_set`; with "collection" the chunk mode's statistics are the chunks' (the index it searches)."""
     query_ids = sorted(data.qrels["test"])
     doc_ids = list(data.corpus)
     runs = {}
     for mode in ("whole", "trunc512", "chunk512"):
         if mode == "chunk512":
             chunks, owners = chunk_corpus(data, tokenizer)
-            encoded = encode_set(model, tokenizer, chunks, query_ids, max_length=SHORT_CONTEXT)
+            encoded = encode_set(model, tokenizer, chunks, query_ids, max_length=SHORT_CONTEXT,
+                                 sparse_statistics=sparse_statistics)
         else:
             encoded = encode_set(model, tokenizer, data, query_ids,
-                                 max_length=SHORT_CONTEXT if mode == "trunc512" else None)
+                                 max_length=SHORT_CONTEXT if mode == "trunc512" else None,
+                                 sparse_statistics=sparse_statistics)
         for output in OUTPUTS:
             scores = (hybrid_matrix(encoded, gamma) if output == "hybrid"
                       else score_matrix(encoded, float(output == "dense"), float(output == "sparse")))
@@ -105,10 +118,10 @@ def trm_runs(model: TextRepresentationModel, tokenizer, data: BeirData, gamma: f
 
 
 def evaluate_set(data: LongDocSet, tokenizer, trm: TextRepresentationModel | None, reranker: Reranker | None,
-                 gamma: float, rerank_top_k: int) -> list[dict[str, Any]]:
+                 gamma: float, rerank_top_k: int, sparse_statistics: str = "model") -> list[dict[str, Any]]:
     """One row per (query, system): the needle's length bucket, position, offset and the query's metrics."""
     beir, qrels = data.beir, data.beir.qrels["test"]
-    runs = trm_runs(trm, tokenizer, beir, gamma) if trm is not None else {}
+    runs = trm_runs(trm, tokenizer, beir, gamma, sparse_statistics) if trm is not None else {}
     runs["bm25"] = bm25_run(beir, tokenizer, sorted(qrels))
     if reranker is not None and rerank_top_k and "whole dense" in runs:
         for label, max_length in (("8192", None), ("512", SHORT_CONTEXT)):
@@ -195,14 +208,15 @@ def plot_heatmaps(rows: list[dict], systems: Sequence[str], path: Path, metric: 
 def run_longdoc_eval(sets: Sequence[LongDocSet], tokenizer, trm: TextRepresentationModel | None,
                      reranker: Reranker | None = None, gamma: float = 0.5, rerank_top_k: int = 3,
                      out_dir: Path | None = None, heatmap_systems: Sequence[str] = (),
-                     progress=print, query_mode: str = "translation") -> dict[str, Any]:
+                     progress=print, query_mode: str = "translation",
+                     sparse_statistics: str = "model") -> dict[str, Any]:
     """Every set, every system; with `out_dir` writes longdoc.json, longdoc.md and longdoc_heatmap.png.
     Returns {"rows", "summary_md", "cells_md", and the paths written}."""
     rows = []
     for data in sets:
         progress(f"long documents: {data.length} tokens, {len(data.beir.corpus)} documents, "
                  f"{len(data.needles)} queries")
-        rows += evaluate_set(data, tokenizer, trm, reranker, gamma, rerank_top_k)
+        rows += evaluate_set(data, tokenizer, trm, reranker, gamma, rerank_top_k, sparse_statistics)
     result: dict[str, Any] = {"rows": rows, "gamma": gamma, "summary_md": summary_table(rows),
                               "cells_md": cell_table(rows)}
     if out_dir is not None:
@@ -263,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rerank-top-k", type=int, default=3)
     parser.add_argument("--query-mode", choices=sorted(QUERY_WORDS), default="translation",
                         help="how the sets were built (python -m data_prep.longdoc eval --query-mode); for the report")
+    parser.add_argument("--sparse-statistics", choices=SPARSE_STATISTICS, default="model",
+                        help="the sparse head's idf prior and mean length: the training documents' (model, default) "
+                             "or each searched corpus's own (collection; the chunk mode's are the chunks')")
     parser.add_argument("--out", default="runs/longdoc_eval")
     parser.add_argument("--memory", metavar="PRESET", help="only measure peak memory for one document")
     parser.add_argument("--length", type=int, default=8192, help="--memory: document length")
@@ -277,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     reranker = load_final(args.reranker)[0] if args.reranker else None
     sets = [read_longdoc_set(d) for d in sorted(Path(args.sets).glob("len*"), key=lambda p: int(p.name[3:]))]
     result = run_longdoc_eval(sets, tokenizer, trm, reranker, args.gamma, args.rerank_top_k, Path(args.out),
-                              query_mode=args.query_mode)
+                              query_mode=args.query_mode, sparse_statistics=args.sparse_statistics)
     print(result["summary_md"])
     print(f"wrote {result['table_md']}, {result['heatmap_png']}")
     return 0

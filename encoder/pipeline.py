@@ -141,8 +141,9 @@ class PipelineConfig:
     heldout_rerank: str = "all"
     rerank_queries: int = 0  # > 0: rerank a fixed random sample of that many test (and dev) queries of each set
     rerank_max_length: int = 0  # tokens of each query-document pair the reranker reads in evaluation; 0 = the model's
-    # the sparse head's idf prior and mean length in evaluation: "model" (the training documents') or "collection"
-    # (each searched corpus's own, as BM25 computes its idf over its index; encoder.evaluate --sparse-statistics)
+    # the sparse head's idf prior and mean length in the evaluate and longdoc stages: "model" (the training
+    # documents') or "collection" (each searched corpus's own, as BM25 computes its idf over its index;
+    # encoder.evaluate --sparse-statistics)
     sparse_statistics: str = "model"
     longdoc: bool = True  # long-document needle evaluation (what 8192 tokens buy over 512)
     longdoc_overrides: list[str] = field(default_factory=list)
@@ -214,7 +215,7 @@ class Pipeline:
                     "evaluate": [self.config.rerank_top_k, self.config.heldout_rerank,
                                  self.config.rerank_queries, self.config.rerank_max_length,
                                  self.config.sparse_statistics],
-                    "longdoc": self.config.longdoc_overrides,
+                    "longdoc": [self.config.longdoc_overrides, self.config.sparse_statistics],
                     "reranker": [asdict(self.config.reranker), self.config.reranker_init, self.config.reranker_pairs],
                     "trm_ft": [asdict(self.config.trm_ft), self.config.long_pair_lengths,
                                self.config.long_pairs_per_length, self.config.long_pair_query_mode]}.get(name)
@@ -516,7 +517,7 @@ class Pipeline:
         reranker = load_final(self.out("reranker", "final"))[0] if "reranker" in self.records else None
         result = run_longdoc_eval(list(sets.values()), tokenizer, trm, reranker, gamma, config.rerank_top_k,
                                   directory, config.heatmap_systems, progress=lambda m: self.log(f"[longdoc] {m}"),
-                                  query_mode=config.query_mode)
+                                  query_mode=config.query_mode, sparse_statistics=self.config.sparse_statistics)
         return {"table_md": str(result["table_md"]), "heatmap_png": str(result["heatmap_png"]),
                 "json": str(result["json"]), "sets": str(directory / "sets"), "gamma": gamma,
                 "queries": sum(len(s.needles) for s in sets.values()), "heldout": heldout}
@@ -530,7 +531,8 @@ class Pipeline:
             data = heldout_longdoc_set(path, tokenizer)
             result = run_longdoc_eval([data], tokenizer, trm, None, gamma, 0, directory / name.replace("/", "__"),
                                       progress=lambda m, n=name: self.log(f"[longdoc {n}] {m}"),
-                                      query_mode="a section heading asks for the page that holds the section")
+                                      query_mode="a section heading asks for the page that holds the section",
+                                      sparse_statistics=self.config.sparse_statistics)
             out[name] = {"table_md": str(result["table_md"]), "heatmap_png": str(result["heatmap_png"]),
                          "json": str(result["json"]),
                          "queries": len(data.needles),

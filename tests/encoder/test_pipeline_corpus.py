@@ -216,6 +216,20 @@ def test_heldout_longdoc_needle_outside_the_corpus_names_the_line(corpus_pipelin
         heldout_longdoc_set(path, tiny_tokenizer)
 
 
+def test_longdoc_stage_scores_the_sparse_side_with_the_configured_statistics(corpus_pipeline, tiny_tokenizer,
+                                                                             tmp_path, monkeypatch):
+    import encoder.longdoc_eval as longdoc_eval
+
+    corpus_pipeline.run(only=("data",))
+    seen = []
+    real = longdoc_eval.encode_set
+    monkeypatch.setattr(longdoc_eval, "encode_set", lambda *a, **kw: seen.append(kw.get("sparse_statistics")) or
+                        real(*a, **kw))
+    monkeypatch.setattr(corpus_pipeline.config, "sparse_statistics", "collection")
+    corpus_pipeline._heldout_longdoc(tmp_path / "heldout", _tiny_trm(tiny_tokenizer), tiny_tokenizer, 0.5)
+    assert seen == ["collection"] * 3  # whole, first 512 tokens, 512-token chunks
+
+
 @pytest.mark.parametrize("mode", ["all", "mono", "none"])
 def test_heldout_rerank_chooses_the_sets_the_reranker_reorders(corpus_pipeline, tmp_path, monkeypatch, mode):
     data_outputs = corpus_pipeline.run(only=("data",))["data"]["outputs"]
