@@ -320,12 +320,12 @@ def search_gamma(encoded: EncodedSet, qrels: dict, grid: Sequence[float] = GAMMA
 
 
 # ---- the whole evaluation ------------------------------------------------------------------------------
-def corpus_key(model: TextRepresentationModel, data: BeirData, max_length: int | None,
-               sparse_statistics: str) -> tuple:
+def corpus_key(model: TextRepresentationModel, doc_ids: Sequence[str], texts: Sequence[str],
+               max_length: int | None, sparse_statistics: str) -> tuple:
     """What a corpus's encoding depends on: the model, the length cap, the statistics and every (id, text)."""
     digest = hashlib.sha256()
-    for doc_id, doc in data.corpus.items():
-        digest.update(json.dumps([doc_id, doc_text(doc)], ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    for doc_id, text in zip(doc_ids, texts):
+        digest.update(json.dumps([doc_id, text], ensure_ascii=False).encode("utf-8", "surrogatepass"))
     return id(model), max_length, sparse_statistics, digest.hexdigest()
 
 
@@ -340,10 +340,11 @@ def evaluate_trm(model: TextRepresentationModel, tokenizer, data: BeirData, spli
     qrels = data.qrels[split]
     query_ids = sorted(qrels)
     tuned_on, dev_runs, dev = None, {}, None
-    key = corpus_key(model, data, max_length, sparse_statistics) if doc_cache is not None else None
+    texts = [doc_text(doc) for doc in data.corpus.values()]
+    key = corpus_key(model, list(data.corpus), texts, max_length, sparse_statistics) if doc_cache is not None else None
     docs = doc_cache.get(key) if doc_cache is not None else None
     # one fit of the statistics for both splits: inside the scope the head holds the ones asked for
-    with sparse_statistics_scope(model, tokenizer, [doc_text(doc) for doc in data.corpus.values()], sparse_statistics):
+    with sparse_statistics_scope(model, tokenizer, texts, sparse_statistics):
         encoded = encode_set(model, tokenizer, data, query_ids, max_length, docs=docs)
         if dev_split in data.qrels and dev_split != split:
             dev = encode_set(model, tokenizer, data, sorted(data.qrels[dev_split]), max_length, docs=encoded.docs)
