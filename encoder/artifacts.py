@@ -87,6 +87,8 @@ def load_final(directory: str | Path, map_location: str = "cpu") -> tuple[nn.Mod
     if info.get("kind") == "trm":
         model: nn.Module = TextRepresentationModel(model_config, tuple(info["special_token_ids"]))
     elif info.get("kind") == "reranker":
+        if "pooling" not in info:  # written before the reranker honoured model.pooling: it read the CLS state
+            model_config = replace(model_config, pooling="cls")
         model = Reranker(model_config, use_pooler=info.get("use_pooler", True))
     else:
         raise CheckpointError(f"{directory / 'inference.json'}: unknown kind {info.get('kind')!r}")

@@ -43,9 +43,9 @@ class ModelConfig:
     rope_impl: str = "auto"  # torch or triton (fused kernel); auto = triton on CUDA when importable
     glu_impl: str = "auto"  # the GLU activation*up product: torch or triton (fused fwd/bwd kernel); auto as above
     gradient_checkpointing: bool = False
-    # the TRM's dense embedding: "cls" (mGTE, BERT) or "mean" over every token of the sequence, specials included
-    # (sentence-transformers' mean pooling). Small models trained briefly generalise better with mean: see
-    # configs/pipeline_small.yaml for the measurement
+    # one state per sequence, for the TRM's dense embedding and the reranker's classifier: "cls" (mGTE, BERT) or
+    # "mean" over every token of the sequence, specials included (sentence-transformers' mean pooling). Small
+    # models trained briefly generalise better with mean: see configs/pipeline_small.yaml for the measurement
     pooling: str = "cls"
     # the MLM decoder shares the input embedding table (BERT, XLM-R, mGTE). Untied, a token's input embedding
     # moves only where the token is read: with the tied softmax every step pushes all rare tokens' rows the same

@@ -4,7 +4,8 @@
   **only on masked positions** (never `[T, vocab]`).
 - `TRMHead`: dense = L2-normalised CLS (or mean) state with Matryoshka truncation; sparse = per-token ReLU(linear)
   weights kept as `(sequence, token id, weight)` triples, max-reduced over repeated ids, specials dropped.
-- `RerankerHead`: one logit from the CLS state (optionally through the BERT tanh pooler, as released).
+- `RerankerHead`: one logit from the CLS (or mean: model.pooling) state, optionally through the BERT tanh pooler, as
+  released.
 """
 
 from __future__ import annotations
@@ -286,11 +287,11 @@ class RerankerHead(nn.Module):
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if use_pooler else None
         self.classifier = nn.Linear(config.hidden_size, 1)
 
-    def forward(self, cls_hidden: Tensor) -> Tensor:
-        """CLS states `[B, H]` -> one logit per sequence `[B]`."""
+    def forward(self, pooled: Tensor) -> Tensor:
+        """Pooled states `[B, H]` -> one logit per sequence `[B]`."""
         if self.pooler is not None:
-            cls_hidden = torch.tanh(self.pooler(cls_hidden))
-        return self.classifier(cls_hidden).squeeze(-1)  # [B]
+            pooled = torch.tanh(self.pooler(pooled))
+        return self.classifier(pooled).squeeze(-1)  # [B]
 
 
 def pair_match_types(batch: UnpaddedBatch, sep_token_id: int, vocab_size: int) -> Tensor:
@@ -310,7 +311,8 @@ def pair_match_types(batch: UnpaddedBatch, sep_token_id: int, vocab_size: int) -
 
 
 class Reranker(nn.Module):
-    """Cross-encoder: one logit per `[CLS] q [SEP] d` sequence."""
+    """Cross-encoder: one logit per `[CLS] q [SEP] d` sequence, read from its CLS state or, with
+    `model.pooling=mean`, the mean of all its token states."""
 
     def __init__(self, config: ModelConfig, use_pooler: bool = True) -> None:
         super().__init__()
@@ -322,4 +324,8 @@ class Reranker(nn.Module):
         if self.config.pair_match_types:  # the ids decide the types: whatever a caller passed is replaced
             batch = replace(batch, token_type_ids=pair_match_types(batch, self.config.sep_token_id,
                                                                    self.config.vocab_size))
+        if self.config.pooling == "mean":
+            # MLM never trains the first token's state, and a briefly pre-trained encoder has not learnt to gather
+            # the pair into it; the mean reads every token, the match-typed ones included (docs/small_preset.md)
+            return self.head(pool(self.encoder(batch), batch, "mean"))
         return self.head(self.encoder.cls_states(batch))

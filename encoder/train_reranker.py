@@ -5,8 +5,9 @@ r"""Cross-encoder reranker training from an MLM checkpoint (mGTE reranker, spec 
 
 Input `<s> q </s></s> d </s>` through the tokenizer's own pair template, at most `data.max_length` (8192)
 tokens, the document cut first. Loss: listwise InfoNCE over {positive, hard negatives, random negatives}
-of each query (mGTE: 6 hard + 4 random), on the CLS logit. Sub-batches are gradient-cached exactly like
-the TRM trainer, so groups of long pairs fit; the shared loop gives checkpoints with exact resume.
+of each query (mGTE: 6 hard + 4 random), on one logit per pair, read from its CLS state (or the mean state:
+model.pooling). Sub-batches are gradient-cached exactly like the TRM trainer, so groups of long pairs fit; the
+shared loop gives checkpoints with exact resume.
 """
 
 from __future__ import annotations
@@ -194,8 +195,8 @@ def train(config: RerankerRunConfig, resume: str = "none", stop_after: int | Non
         done = summary["step"] == train_cfg.max_steps
         final = run_dir / "final"
         if env.is_main and done:
-            info = {"kind": "reranker", "use_pooler": train_cfg.use_pooler, "max_length": config.data.max_length,
-                    "long_pairs": long_groups is not None,
+            info = {"kind": "reranker", "use_pooler": train_cfg.use_pooler, "pooling": config.model.pooling,
+                    "max_length": config.data.max_length, "long_pairs": long_groups is not None,
                     "special_token_ids": list(special.all_special), "steps": summary["step"]}
             save_final(final, engine.model, config.model, config.data.tokenizer, info)
         barrier()

@@ -82,8 +82,9 @@ def model_config_from_mgte(cfg: dict[str, Any]) -> ModelConfig:
 def mgte_config_from_model_config(config: ModelConfig, kind: str) -> dict[str, Any]:
     if config.norm_position != "post" or not config.qkv_bias:
         raise ValueError("model: only post-LN models with a QKV bias have a new-impl layout")
-    if kind == "trm" and config.pooling != "cls":
-        raise ValueError(f"model.pooling: the new-impl TRM embeds with CLS; this model pools by {config.pooling}")
+    if kind in ("trm", "reranker") and config.pooling != "cls":
+        raise ValueError(f"model.pooling: the new-impl {kind} reads the CLS state; this model pools by "
+                         f"{config.pooling}")
     acts = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "silu": "silu"}
     cfg = {"architectures": [ARCHITECTURES[kind]], "auto_map": NEW_IMPL_AUTO_MAP, "model_type": "new",
            "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,

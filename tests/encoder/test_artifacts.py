@@ -90,3 +90,20 @@ def test_a_reranker_with_match_types_starts_from_a_one_type_trm_unchanged(tiny_a
         assert torch.allclose(reranker.encoder(batch), model.encoder.eval()(batch), atol=1e-6)
     with pytest.raises(RuntimeError, match="token_type_embeddings"):  # only widening: a model without types refuses
         load_encoder_weights(Reranker(replace(config, type_vocab_size=0)), final)
+
+
+def test_reranker_final_from_before_pooling_was_recorded_reads_the_cls_state(tiny_assets, tiny_tokenizer, tmp_path):
+    """A reranker `final/` whose info has no "pooling" was trained reading the CLS state, whatever its model.yaml
+    says (before the reranker honoured model.pooling, the pipeline wrote pooling=mean there): it loads as CLS."""
+    _, config, _ = _tiny_trm(tiny_tokenizer)
+    config = replace(config, pooling="mean")
+    model = Reranker(config).eval()
+    old_info = {"kind": "reranker", "use_pooler": True}
+    old, _, _ = load_final(save_final(tmp_path / "old", model, config, tiny_assets.tokenizer_dir, old_info))
+    new, _, _ = load_final(save_final(tmp_path / "new", model, config, tiny_assets.tokenizer_dir,
+                                      {**old_info, "pooling": "mean"}))
+    assert old.config.pooling == "cls" and new.config.pooling == "mean"
+    batch = UnpaddedBatch.from_sequences([[0, 5, 9, 2, 2, 7, 2], [0, 4, 2, 2, 8, 11, 12, 2]])
+    with torch.no_grad():
+        assert torch.allclose(new(batch), model(batch))
+        assert (old(batch) - model(batch)).abs().max() > 1e-4

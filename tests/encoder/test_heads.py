@@ -202,6 +202,20 @@ def test_reranker_one_logit_per_pair_independent_of_packing():
     assert torch.allclose(scores, alone, atol=1e-5)
 
 
+def test_mean_pooled_reranker_reads_the_mean_of_every_token_state():
+    torch.manual_seed(5)
+    model = Reranker(tiny_config(pooling="mean")).eval()
+    batch = random_batch([1, 7, 129, 2], model.config.vocab_size, seed=3)
+    with torch.no_grad():
+        scores = model(batch)
+        hidden = model.encoder(batch)
+        mean = torch.stack([h.double().mean(0) for h in batch.split(hidden)]).float()
+        assert torch.allclose(scores, model.head(mean), atol=1e-5)
+        assert (scores - model.head(hidden[batch.first_token_index])).abs().max() > 1e-3  # not the CLS state
+        alone = torch.cat([model(UnpaddedBatch.from_sequences([s.tolist()])) for s in batch.split(batch.input_ids)])
+    assert torch.allclose(scores, alone, atol=1e-5)
+
+
 def test_pair_match_types_by_hand():
     """Type 1 on the query and document tokens the two share, within each pair only; the first token, the
     separators and a pair without a separator get 0."""

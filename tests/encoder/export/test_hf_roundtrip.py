@@ -51,9 +51,10 @@ def exported(tmp_path_factory):
     models["trm"] = make_model("trm", tiny_config(len(tokenizer), sparse_tf_k1=1.2), seed=1,
                                special_ids=tuple(tokenizer.all_special_ids))
     weight_every_token_(models["trm"])
-    # the reranker marks the tokens a query and its document share (token type 1): the exports must compute it
-    models["reranker"] = make_model("reranker", tiny_config(len(tokenizer), type_vocab_size=2, pair_match_types=True),
-                                    seed=2)
+    # the reranker marks the tokens a query and its document share (token type 1) and reads the mean of its token
+    # states (model.pooling=mean, as the small preset trains it): the exports must compute both
+    models["reranker"] = make_model("reranker", tiny_config(len(tokenizer), type_vocab_size=2, pair_match_types=True,
+                                                            pooling="mean"), seed=2)
     models["trm_mean"] = make_model("trm", tiny_config(len(tokenizer), pooling="mean"), seed=7,
                                     special_ids=tuple(tokenizer.all_special_ids))
     for kind, model in models.items():
@@ -191,6 +192,9 @@ def test_reranker_sequence_classification_and_cross_encoder_match(exported):
     unmarked = type(model)(replace(model.config, pair_match_types=False), use_pooler=True).eval()
     unmarked.load_state_dict(model.state_dict())
     assert _max_diff(unmarked(batch), logits) > 1e-3  # the match types were applied, not dropped on the way
+    cls_read = type(model)(replace(model.config, pooling="cls"), use_pooler=True).eval()
+    cls_read.load_state_dict(model.state_dict())
+    assert _max_diff(cls_read(batch), logits) > 1e-3  # and the mean was read, not the CLS state
 
 
 def test_export_layout_and_card(exported):

@@ -161,6 +161,13 @@ def test_task_import_matches_reference_and_exports_back(tmp_path, kind):
         with pytest.raises(ValueError, match="pair_match_types"):
             save_mgte(model, tmp_path / "matched")
         assert not (tmp_path / "matched").exists()
+        model.config.pair_match_types = False
+    if kind in ("trm", "reranker"):  # the layout's heads read the CLS state: a mean-pooled model is refused
+        model.config.sparse_tf_k1 = 0.0
+        model.config.pooling = "mean"
+        with pytest.raises(ValueError, match="model.pooling"):
+            save_mgte(model, tmp_path / "mean")
+        assert not (tmp_path / "mean").exists()
 
 
 def test_import_rejects_unknown_keys_and_options(tmp_path):
