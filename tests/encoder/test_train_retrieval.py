@@ -247,3 +247,9 @@ def test_trainers_read_only_the_selected_pairs(tmp_path):
     every_query_ambiguous = r"data.unique_queries: every query of .*pairs.jsonl \(data.sources=\['manpages'\]\)"
     with pytest.raises(ValueError, match=every_query_ambiguous):
         load_records(PairDataConfig(pairs=str(path), sources=["manpages"], unique_queries=True), cpu)
+    # random negatives only (the small preset's reranker): a named TRM is not loaded to mine negatives no one uses
+    missing = str(tmp_path / "no-such-trm")
+    random_only = RerankerDataConfig(pairs=str(path), negatives_from=missing, num_hard_negatives=0)
+    assert load_records(random_only, cpu) == records
+    with pytest.raises(FileNotFoundError, match="no-such-trm"):
+        load_records(RerankerDataConfig(pairs=str(path), negatives_from=missing, num_hard_negatives=1), cpu)
