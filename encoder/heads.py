@@ -325,7 +325,7 @@ class Reranker(nn.Module):
             batch = replace(batch, token_type_ids=pair_match_types(batch, self.config.sep_token_id,
                                                                    self.config.vocab_size))
         if self.config.pooling == "mean":
-            # MLM never trains the first token's state, and a briefly pre-trained encoder has not learnt to gather
-            # the pair into it; the mean reads every token, the match-typed ones included (docs/small_preset.md)
+            # the whole sequence's states (match-typed tokens included), as the TRM's mean pooling; the CLS branch
+            # below computes only the first rows. A probe found both learn alike (docs/small_preset.md, session 10)
             return self.head(pool(self.encoder(batch), batch, "mean"))
         return self.head(self.encoder.cls_states(batch))
